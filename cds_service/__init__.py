@@ -1,0 +1,53 @@
+"""Lumbar spine MRI appropriateness as a CDS Hooks 2.0 service."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask
+
+from .configuration import Settings, load_settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+# create_app(config) keys that are collaborators rather than settings (tests inject these).
+_INJECTABLE = ("clock", "fhir_client_factory")
+
+
+def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
+    """Application factory: settings from the environment, overridden by `config`."""
+    from . import api, feedback, health
+    from .evaluation import Evaluator
+    from .knowledge import Knowledge
+    from .runtime import Runtime
+    from .security import init_cors
+    from .services import load_services
+    from .storage import Store
+
+    if isinstance(config, Settings):
+        settings, injected = config, {}
+    else:
+        config = dict(config or {})
+        injected = {key: config.pop(key) for key in _INJECTABLE if key in config}
+        settings = load_settings(overrides=config)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    knowledge = Knowledge()
+    store = Store(settings.database_url)
+    store.create_schema()
+    app.extensions["cds"] = Runtime(
+        settings=settings,
+        services=load_services(settings.hooks_dir),
+        knowledge=knowledge,
+        evaluator=Evaluator(settings, knowledge, **injected),
+        store=store,
+    )
+    init_cors(app, settings.cors_origins)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(feedback.bp)
+    app.register_blueprint(health.bp)
+    api.register_error_handlers(app)
+    return app

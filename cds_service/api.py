@@ -1,0 +1,74 @@
+"""HTTP for the CDS Hooks endpoints: discovery and service calls. Logic lives in evaluation."""
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+
+from flask import Blueprint, Flask, g, request
+from werkzeug.exceptions import HTTPException
+
+from .protocol import CdsError, HookRequest, decode, operation_outcome
+from .runtime import json_response, require_json, runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("cds_hooks", __name__)
+
+_HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-long", 415: "not-supported"}
+
+
+@bp.get("/cds-services")
+def discovery():
+    return json_response({"services": [service.discovery_entry() for service in runtime().services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    rt = runtime()
+    service = rt.services.get(service_id)
+    if service is None:
+        raise CdsError(404, f"No CDS service with id {service_id!r}", code="not-found")
+    require_json()
+    started = time.perf_counter()
+    hook_request = decode(request.get_data(cache=False), HookRequest)
+    g.hook_instance = hook_request.hookInstance
+    evaluation = rt.evaluator.evaluate(service, hook_request)
+    record = evaluation.record
+    log.info(
+        "evaluated service=%s hookInstance=%s orders=%d rules=%s ratings=%s fallback=%s ms=%.1f",
+        service.id,
+        hook_request.hookInstance,
+        len(evaluation.orders),
+        ",".join(evaluation.rules_fired) or "-",
+        ",".join(evaluation.ratings) or "-",
+        bool(record and record.fallback_used),
+        (time.perf_counter() - started) * 1000,
+    )
+    return json_response(evaluation.response)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Every error is an OperationOutcome; no stack trace or input value ever reaches the client."""
+
+    @app.errorhandler(CdsError)
+    def cds_error(error: CdsError):
+        log.info("answered %d hookInstance=%s: %s", error.status, g.get("hook_instance", "-"), error)
+        return json_response(error.outcome, error.status, error.headers)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        status = error.code or 500
+        description = {
+            413: "The request body is larger than this service accepts",
+        }.get(status, error.description or error.name)
+        outcome = operation_outcome(_HTTP_ISSUE_CODES.get(status, "processing"), description)
+        methods = getattr(error, "valid_methods", None)
+        return json_response(outcome, status, {"Allow": ", ".join(methods)} if methods else None)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception):
+        # The message of an arbitrary exception may hold patient data: log the type and where only.
+        frames = traceback.extract_tb(error.__traceback__)
+        where = " <- ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}:{f.name}" for f in reversed(frames[-6:]))
+        log.error("internal error %s at %s", type(error).__name__, where)
+        return json_response(operation_outcome("exception", "Internal error; the service has logged it"), 500)

@@ -1,0 +1,122 @@
+"""Configuration: one validated Settings object, read from the environment once at start-up.
+
+Tests inject overrides through ``create_app(config={...})``; nothing else reads os.environ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AuthMode(enum.StrEnum):
+    """How CDS clients must authenticate (CDS Hooks 2.0 section 'Trusting CDS Clients')."""
+
+    REQUIRED = "required"  # every discovery, service and feedback call carries a valid JWT
+    OFF = "off"  # local trial only; logged as a warning at every start
+
+
+class PrefetchFailurePolicy(enum.StrEnum):
+    """What to do when a prefetch key can be neither read from the request nor fetched."""
+
+    FAIL = "fail"  # answer 412 Precondition Failed with an OperationOutcome (default, safe)
+    OMIT = "omit"  # carry on; the record marks the data as unavailable
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Clinical thresholds (clinical-rules.md 10.8: configuration choices, not guideline numbers)."""
+
+    acute_episode_days: int = 42  # "6 weeks" (ACR V1/V2; Choosing Wisely)
+    conservative_care_days: int = 42  # "6 weeks of optimal medical management" (ACR V3)
+    repeat_imaging_months: int = 12  # repeat lumbar MRI look-back (project heuristic, ACP 2011)
+    elderly_age: int = 65  # ACR V6 "elderly" (older ACR text: >70)
+    adult_age: int = 18  # the service serves adults only (paediatric back pain: ACR topic 230)
+    egfr_low: float = 30.0  # mL/min/1.73 m2 (ACR-NKF GBCA consensus 2021)
+    egfr_lookback_days: int = 90
+    fever_celsius: float = 38.0
+    fever_lookback_days: int = 14
+    red_flag_recent_days: int = 14  # bladder/bowel finding counts as "new" within this window
+    aki_lookback_days: int = 30
+    hcg_lookback_days: int = 30
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'cds.sqlite3'}"
+    hooks_dir: Path = PROJECT_ROOT / "hooks"
+    auth: AuthMode = AuthMode.REQUIRED
+    cors_origins: tuple[str, ...] = ("*",)
+    fhir_server_allowlist: tuple[str, ...] = ()  # URL prefixes; empty = never call out
+    fhir_budget_seconds: float = 2.0  # total time for all fallback fetches of one request
+    fhir_max_pages: int = 10  # `next` links followed per prefetch key
+    fhir_max_response_bytes: int = 20 * 1024 * 1024
+    max_body_bytes: int = 10 * 1024 * 1024
+    sandbox_system_actions: bool = True  # also emit extension.systemActions (the sandbox reads only that)
+    public_base_url: str | None = None  # external URL behind a proxy (JWT `aud`)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _bool(value: str) -> bool:
+    if value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+# environment variable -> (Settings field, parser)
+_ENVIRONMENT: dict[str, tuple[str, Any]] = {
+    "CDS_DATABASE_URL": ("database_url", str),
+    "CDS_HOOKS_DIR": ("hooks_dir", Path),
+    "CDS_AUTH": ("auth", AuthMode),
+    "CDS_CORS_ORIGINS": ("cors_origins", _csv),
+    "CDS_FHIR_SERVER_ALLOWLIST": ("fhir_server_allowlist", _csv),
+    "CDS_FHIR_BUDGET_SECONDS": ("fhir_budget_seconds", float),
+    "CDS_FHIR_MAX_PAGES": ("fhir_max_pages", int),
+    "CDS_FHIR_MAX_RESPONSE_BYTES": ("fhir_max_response_bytes", int),
+    "CDS_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "CDS_SANDBOX_SYSTEM_ACTIONS": ("sandbox_system_actions", _bool),
+    "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
+}
+
+_THRESHOLD_PREFIX = "CDS_THRESHOLD_"  # e.g. CDS_THRESHOLD_ELDERLY_AGE=70
+
+
+def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from the environment, then explicit overrides (field names). Raises ValueError on bad values."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name, (attr, parse) in _ENVIRONMENT.items():
+        if environ.get(name, "") != "":
+            try:
+                values[attr] = parse(environ[name])
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+    thresholds: dict[str, Any] = {}
+    for threshold in dataclasses.fields(Thresholds):
+        raw = environ.get(_THRESHOLD_PREFIX + threshold.name.upper(), "")
+        if raw != "":
+            thresholds[threshold.name] = type(threshold.default)(raw)
+    if thresholds:
+        values["thresholds"] = Thresholds(**thresholds)
+    for key, value in (overrides or {}).items():
+        if key == "thresholds" and isinstance(value, Mapping):
+            value = Thresholds(**value)
+        values[key] = value
+    settings = Settings(**values)
+    if settings.fhir_budget_seconds <= 0 or settings.max_body_bytes <= 0:
+        raise ValueError("budgets and limits must be positive")
+    return settings

@@ -1,0 +1,100 @@
+"""Service logic: one hook call in, one CDS Hooks response out. No HTTP here.
+
+request -> orders to evaluate -> patient record -> assessment (clinical knowledge) -> cards
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .configuration import Settings
+from .fhir_client import FhirClient
+from .knowledge import Knowledge, OrderedStudy
+from .patient_data import PatientRecord, build_record
+from .protocol import CdsError, HookRequest
+from .services import ServiceDefinition
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class OrderUnderReview:
+    resource: dict[str, Any]  # the draft ServiceRequest exactly as the client sent it
+    study: OrderedStudy
+
+    @property
+    def reference(self) -> str:
+        return f"ServiceRequest/{self.resource.get('id')}"
+
+
+@dataclass
+class Evaluation:
+    """The answer plus what the audit trail and the logs need to know about it."""
+
+    response: dict[str, Any]
+    orders: list[OrderUnderReview] = field(default_factory=list)
+    record: PatientRecord | None = None
+    rules_fired: list[str] = field(default_factory=list)
+    ratings: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Evaluator:
+    def __init__(
+        self,
+        settings: Settings,
+        knowledge: Knowledge,
+        *,
+        clock: Clock = utc_now,
+        fhir_client_factory: Callable[..., FhirClient] = FhirClient,
+    ) -> None:
+        self.settings = settings
+        self.knowledge = knowledge
+        self.clock = clock
+        self.fhir_client_factory = fhir_client_factory
+
+    def evaluate(self, service: ServiceDefinition, request: HookRequest) -> Evaluation:
+        check_request(service, request)
+        started = time.perf_counter()
+        orders = self.orders_to_evaluate(service, request)
+        if not orders:
+            return Evaluation(response={"cards": []})
+        record = build_record(request, service, self.settings, self.knowledge.reading_list, self.fhir_client_factory)
+        fetched = time.perf_counter()
+        evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
+        evaluation.timings_ms = {"patient_data": (fetched - started) * 1000}
+        return evaluation
+
+    def orders_to_evaluate(self, service: ServiceDefinition, request: HookRequest) -> list[OrderUnderReview]:
+        """Draft lumbar-spine MRI ServiceRequests: for order-select those selected, for order-sign all."""
+        selected = set(request.context.selections or ()) if service.hook == "order-select" else None
+        orders = []
+        for entry in request.context.draftOrders.entry:
+            resource = entry.resource
+            if not resource or resource.get("resourceType") != "ServiceRequest" or resource.get("status") != "draft":
+                continue
+            if selected is not None and f"ServiceRequest/{resource.get('id')}" not in selected:
+                continue
+            study = self.knowledge.lumbar_mri_study(resource)
+            if study is not None:
+                orders.append(OrderUnderReview(resource, study))
+        return orders
+
+
+def check_request(service: ServiceDefinition, request: HookRequest) -> None:
+    """What the service relies on beyond the wire shape (400 with the field named)."""
+    if request.hook != service.hook:
+        raise CdsError(400, f"This service answers the {service.hook!r} hook, not the one in the request",
+                       expression=["hook"])
+    if service.hook == "order-select" and request.context.selections is None:
+        raise CdsError(400, "order-select requires context.selections", expression=["context.selections"])
+    for index, entry in enumerate(request.context.draftOrders.entry):
+        if entry.resource is not None and not isinstance(entry.resource.get("resourceType"), str):
+            raise CdsError(400, "A draft order has no resourceType",
+                           expression=[f"context.draftOrders.entry.{index}.resource.resourceType"])

@@ -1,0 +1,60 @@
+"""Feedback endpoint (CDS Hooks 2.0 "Feedback"): validate, then store every entry durably."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+
+import msgspec
+from flask import Blueprint, request
+from sqlalchemy.exc import SQLAlchemyError
+
+from .protocol import CdsError, FeedbackEntry, FeedbackRequest, decode, parse_instant
+from .runtime import json_response, require_json, runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("feedback", __name__)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def receive_feedback(service_id: str):
+    rt = runtime()
+    if service_id not in rt.services:
+        raise CdsError(404, f"No CDS service with id {service_id!r}", code="not-found")
+    require_json()
+    body = request.get_data(cache=False)
+    message = decode(body, FeedbackRequest)
+    rows = [_row(index, entry) for index, entry in enumerate(message.feedback)]
+    try:
+        stored, duplicates = rt.store.add_feedback(service_id, rows)
+    except SQLAlchemyError as exc:
+        log.error("feedback not stored: database unavailable (%s)", type(exc).__name__)
+        raise CdsError(503, "Feedback could not be stored right now; nothing was kept. Retry later.",
+                       code="transient", headers={"Retry-After": "30"}) from None
+    log.info("feedback service=%s entries=%d stored=%d duplicates=%d", service_id, len(rows), stored, duplicates)
+    return json_response({"stored": stored, "duplicates": duplicates})
+
+
+def _row(index: int, entry: FeedbackEntry) -> dict:
+    where = f"feedback.{index}"
+    timestamp = parse_instant(entry.outcomeTimestamp)
+    if timestamp is None:
+        raise CdsError(400, "outcomeTimestamp must be an RFC 3339 instant with a time zone, e.g. 2026-01-02T03:04:05Z",
+                       expression=[f"{where}.outcomeTimestamp"])
+    if entry.outcome == "accepted" and not entry.acceptedSuggestions:
+        raise CdsError(400, "acceptedSuggestions is required when outcome is 'accepted'",
+                       expression=[f"{where}.acceptedSuggestions"])
+    reason = entry.overrideReason
+    if reason is not None and reason.reason is None and not reason.userComment:
+        raise CdsError(400, "overrideReason needs a reason or a userComment", expression=[f"{where}.overrideReason"])
+    return {
+        "raw": msgspec.to_builtins(entry),
+        "card_uuid": entry.card,
+        "outcome": entry.outcome,
+        "accepted_suggestions": [s.id for s in entry.acceptedSuggestions] if entry.acceptedSuggestions else None,
+        "override_reason_system": reason.reason.system if reason and reason.reason else None,
+        "override_reason_code": reason.reason.code if reason and reason.reason else None,
+        "override_reason_display": reason.reason.display if reason and reason.reason else None,
+        "user_comment": reason.userComment if reason else None,
+        "outcome_timestamp": timestamp.astimezone(timezone.utc),
+        "received_at": datetime.now(timezone.utc),
+    }

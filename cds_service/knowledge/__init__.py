@@ -1,0 +1,64 @@
+"""Clinical knowledge: value sets, facts read from the patient record, and the rules.
+
+Everything here is a pure function of its inputs (a patient record, an order, a clock and the
+thresholds): no HTTP, no Flask, no module-level state beyond constants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .value_sets import DIRECTORY, SNOMED, ReadingList, ValueSet, load_value_sets, normalise
+
+
+@dataclass(frozen=True)
+class OrderedStudy:
+    """The lumbar MRI a draft order asks for."""
+
+    system: str
+    code: str
+    display: str
+    contrast: str  # without | with | without-and-with | unspecified
+
+
+class Knowledge:
+    """Loaded once at start-up and shared read-only by every request."""
+
+    def __init__(self, value_set_dir: Path = DIRECTORY) -> None:
+        self.value_sets: Mapping[str, ValueSet] = load_value_sets(value_set_dir)
+        self.reading_list = ReadingList(self.value_sets)
+
+    def __getitem__(self, value_set_id: str) -> ValueSet:
+        return self.value_sets[value_set_id]
+
+    def lumbar_mri_study(self, order: Mapping[str, Any]) -> OrderedStudy | None:
+        """The lumbar MRI coded on a draft ServiceRequest (a dict as the client sent it), or None.
+
+        Tolerates what clients really send: `code: {"coding": [{}]}`, missing code, odd types."""
+        mri = self.value_sets["order-mri-lumbar-spine"]
+        contrast: Mapping[str, str] = mri.extra.get("contrast", {})
+        for coding in codings_of(order.get("code")):
+            system, code = coding.get("system"), coding.get("code")
+            if mri.contains(system, code):
+                return OrderedStudy(system, code, mri.display(system, code) or code, contrast.get(code, "unspecified"))
+        generic = mri.extra.get("spineNeedsLumbarBodySite", {})
+        lumbar_sites = self.value_sets["lumbar-body-site"]
+        for coding in codings_of(order.get("code")):
+            key = normalise(coding.get("system"), coding.get("code"))
+            if key and key[0] == SNOMED and key[1] in generic.get("codes", {}):
+                sites = order.get("bodySite") if isinstance(order.get("bodySite"), list) else []
+                if any(lumbar_sites.contains(c.get("system"), c.get("code")) for site in sites for c in codings_of(site)):
+                    contrast_kind = "with" if key[1] == "431985004" else "unspecified"
+                    return OrderedStudy(key[0], key[1], generic["codes"][key[1]], contrast_kind)
+        return None
+
+
+def codings_of(concept: Any) -> list[dict[str, Any]]:
+    """The codings of a CodeableConcept given as an untrusted dict."""
+    if not isinstance(concept, Mapping):
+        return []
+    codings = concept.get("coding")
+    if not isinstance(codings, list):
+        return []
+    return [coding for coding in codings if isinstance(coding, Mapping)]

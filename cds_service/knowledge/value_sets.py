@@ -1,0 +1,175 @@
+"""Value sets: the codes each rule reads, loaded from one JSON file per concept in value_sets/.
+
+Codes are compared after normalising code-system aliases (OIDs) and ICD-10-CM punctuation
+("M5450" and "m54.50" both mean M54.50). ICD-10-CM families are matched by prefix or by
+three-character category range where the file says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Protocol
+
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+SNOMED = "http://snomed.info/sct"
+LOINC = "http://loinc.org"
+CPT = "http://www.ama-assn.org/go/cpt"
+NCI_DEVICE_SAFETY = "urn:oid:2.16.840.1.113883.3.26.1.1"
+
+_SYSTEM_ALIASES = {
+    "urn:oid:2.16.840.1.113883.6.90": ICD10CM,
+    "http://hl7.org/fhir/sid/icd-10-cm/": ICD10CM,
+    "urn:oid:2.16.840.1.113883.6.96": SNOMED,
+    "http://snomed.info/sct/": SNOMED,
+    "urn:oid:2.16.840.1.113883.6.1": LOINC,
+    "http://loinc.org/": LOINC,
+    "urn:oid:2.16.840.1.113883.6.12": CPT,
+    "http://www.ama-assn.org/go/cpt/": CPT,
+    "https://www.ama-assn.org/go/cpt": CPT,
+    "http://ncithesaurus-stage.nci.nih.gov": NCI_DEVICE_SAFETY,
+}
+
+DIRECTORY = Path(__file__).resolve().parent / "value_sets"
+
+
+class HasCoding(Protocol):
+    system: Any
+    code: Any
+
+
+def normalise(system: str | None, code: str | None) -> tuple[str, str] | None:
+    if not system or not code:
+        return None
+    system = _SYSTEM_ALIASES.get(system.strip(), system.strip())
+    code = code.strip()
+    if system == ICD10CM:
+        code = code.replace(".", "").replace(" ", "").upper()
+    return system, code
+
+
+@dataclass(frozen=True)
+class ValueSet:
+    id: str
+    title: str
+    basis: str
+    resource_types: tuple[str, ...]
+    codes: Mapping[tuple[str, str], str]  # (system, normalised code) -> display
+    prefixes: Mapping[str, tuple[str, ...]]  # system -> normalised code prefixes
+    ranges: Mapping[str, tuple[tuple[str, str], ...]]  # system -> inclusive 3-character category ranges
+    roles: Mapping[tuple[str, str], str] = field(default_factory=dict)  # per-code role, e.g. "history"
+    prefix_roles: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    range_roles: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)  # any other keys of the file
+
+    def _matches(self, key: tuple[str, str]) -> bool:
+        if key in self.codes:
+            return True
+        system, code = key
+        if code.startswith(self.prefixes.get(system, ())):
+            return True
+        return any(low <= code[:3] <= high for low, high in self.ranges.get(system, ()))
+
+    def contains(self, system: str | None, code: str | None) -> bool:
+        key = normalise(system, code)
+        return key is not None and self._matches(key)
+
+    def first_match(self, codings: Iterable[HasCoding] | None) -> HasCoding | None:
+        for coding in codings or ():
+            if self.contains(coding.system, coding.code):
+                return coding
+        return None
+
+    def role(self, system: str | None, code: str | None) -> str | None:
+        key = normalise(system, code)
+        if key is None:
+            return None
+        if key in self.roles:
+            return self.roles[key]
+        for (prefix_system, prefix), role in self.prefix_roles.items():
+            if prefix_system == key[0] and key[1].startswith(prefix):
+                return role
+        for (range_system, low, high), role in self.range_roles.items():
+            if range_system == key[0] and low <= key[1][:3] <= high:
+                return role
+        return None
+
+    def display(self, system: str | None, code: str | None) -> str | None:
+        key = normalise(system, code)
+        return self.codes.get(key) if key else None
+
+
+def _load(path: Path) -> ValueSet:
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    codes: dict[tuple[str, str], str] = {}
+    prefixes: dict[str, list[str]] = {}
+    ranges: dict[str, list[tuple[str, str]]] = {}
+    roles: dict[tuple[str, str], str] = {}
+    prefix_roles: dict[tuple[str, str], str] = {}
+    range_roles: dict[tuple[str, str, str], str] = {}
+    for include in raw["include"]:
+        system = include["system"]
+        role = include.get("role")
+        for code, display in (include.get("codes") or {}).items():
+            key = normalise(system, code)
+            codes[key] = display
+            if role:
+                roles[key] = role
+        for prefix in include.get("prefixes", ()):
+            normalised = normalise(system, prefix)[1]
+            prefixes.setdefault(system, []).append(normalised)
+            if role:
+                prefix_roles[(system, normalised)] = role
+        for low, high in include.get("ranges", ()):
+            ranges.setdefault(system, []).append((low.upper(), high.upper()))
+            if role:
+                range_roles[(system, low.upper(), high.upper())] = role
+    known = {"id", "title", "basis", "resourceTypes", "include"}
+    return ValueSet(
+        id=raw["id"],
+        title=raw["title"],
+        basis=raw.get("basis", ""),
+        resource_types=tuple(raw.get("resourceTypes", ("Condition",))),
+        codes=codes,
+        prefixes={system: tuple(values) for system, values in prefixes.items()},
+        ranges={system: tuple(values) for system, values in ranges.items()},
+        roles=roles,
+        prefix_roles=prefix_roles,
+        range_roles=range_roles,
+        extra={key: value for key, value in raw.items() if key not in known},
+    )
+
+
+def load_value_sets(directory: Path = DIRECTORY) -> dict[str, ValueSet]:
+    sets = {}
+    for path in sorted(directory.glob("*.json")):
+        value_set = _load(path)
+        if value_set.id != path.stem:
+            raise ValueError(f"{path.name}: id {value_set.id!r} does not match the file name")
+        sets[value_set.id] = value_set
+    return sets
+
+
+class ReadingList:
+    """Which resources the rules read: a resource is kept when one of its codes is in a value set
+    declared for its resource type. Patients and Devices are always kept (implants)."""
+
+    ALWAYS = frozenset({"Patient", "Device"})
+
+    def __init__(self, value_sets: Mapping[str, ValueSet]) -> None:
+        self._by_type: dict[str, list[ValueSet]] = {}
+        for value_set in value_sets.values():
+            for resource_type in value_set.resource_types:
+                self._by_type.setdefault(resource_type, []).append(value_set)
+
+    def wants(self, resource_type: str, codings: Iterable[HasCoding]) -> bool:
+        if resource_type in self.ALWAYS:
+            return True
+        candidates = self._by_type.get(resource_type)
+        if not candidates:
+            return False
+        for coding in codings:
+            key = normalise(coding.system, coding.code)
+            if key is not None and any(value_set._matches(key) for value_set in candidates):
+                return True
+        return False

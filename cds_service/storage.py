@@ -1,0 +1,105 @@
+"""Durable storage through SQLAlchemy: SQLite by default, any SQLAlchemy URL via CDS_DATABASE_URL."""
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+
+metadata = MetaData()
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # sha256 of service id + the entry as received: the same entry posted twice is stored once
+    Column("entry_key", String(64), nullable=False, unique=True),
+    Column("service_id", String(64), nullable=False),
+    Column("card_uuid", String(128), nullable=False, index=True),
+    Column("outcome", String(16), nullable=False),
+    Column("accepted_suggestions", JSON, nullable=True),
+    Column("override_reason_system", String(255), nullable=True),
+    Column("override_reason_code", String(128), nullable=True),
+    Column("override_reason_display", String(255), nullable=True),
+    Column("user_comment", Text, nullable=True),
+    Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, cheap commits
+    cursor.execute("PRAGMA busy_timeout=5000")  # several gunicorn workers share the file
+    cursor.close()
+
+
+class Store:
+    def __init__(self, database_url: str) -> None:
+        url = make_url(database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+        # Connections made here must not be inherited by forked gunicorn workers.
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def _insert_ignoring_duplicates(self, table: Table):
+        if self.engine.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # pragma: no cover - other databases: plain insert, duplicates raise
+            from sqlalchemy import insert
+            return insert(table)
+        return insert(table).on_conflict_do_nothing(index_elements=["entry_key"])
+
+    def add_feedback(self, service_id: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
+        """Store feedback rows in one transaction. Returns (newly stored, already present)."""
+        rows = list(rows)
+        for row in rows:
+            row["service_id"] = service_id
+            row["entry_key"] = entry_key(service_id, row.pop("raw"))
+        stored = 0
+        with self.engine.begin() as connection:
+            statement = self._insert_ignoring_duplicates(feedback)
+            for row in rows:
+                stored += connection.execute(statement, row).rowcount
+        return stored, len(rows) - stored
+
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(select(feedback).order_by(feedback.c.id))]
+
+
+def entry_key(service_id: str, entry: Any) -> str:
+    canonical = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(service_id.encode() + b"\0" + canonical).hexdigest()
+
