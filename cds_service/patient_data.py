@@ -232,12 +232,9 @@ def _classify(body: bytes, key: str) -> tuple[str, str | None]:
     try:
         envelope = _envelope_decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise CdsError(400, f"Invalid prefetch data at prefetch.{key}: {describe_decode_error(exc)[0]}",
-                       expression=[f"prefetch.{key}"]) from None
-    except msgspec.ValidationError as exc:
-        message, expression = describe_decode_error(exc)
-        where = f"prefetch.{key}" + (f".{expression[0]}" if expression and expression[0] != "$" else "")
-        raise CdsError(400, f"Invalid prefetch data at {where}: {message.split(' at ')[0]}", expression=[where]) from None
+        detail, path = describe_decode_error(exc)
+        where = f"prefetch.{key}" + (f".{path}" if path and path != "$" else "")
+        raise CdsError(400, f"Invalid prefetch data at {where}: {detail}", expression=[where]) from None
     if envelope.resourceType == "OperationOutcome":
         return "outcome", None
     if not envelope.resourceType:
@@ -289,7 +286,11 @@ def _apply_failure_policy(service: ServiceDefinition, missing: dict[str, str], r
 
 
 def _read_body(body: bytes, record: PatientRecord, reading_list: ReadingList) -> None:
-    envelope = _envelope_decoder.decode(body)
+    try:
+        envelope = _envelope_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        detail, path = describe_decode_error(exc)
+        raise MalformedData(f".{path}" if path and path != "$" else "", detail) from None
     if envelope.resourceType != "Bundle":
         _read_resource(body, "", record, reading_list)
         return
@@ -305,13 +306,11 @@ def _read_body(body: bytes, record: PatientRecord, reading_list: ReadingList) ->
 def _read_resource(raw: bytes, where: str, record: PatientRecord, reading_list: ReadingList) -> None:
     try:
         slim = _slim_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        message, expression = describe_decode_error(exc)
-        if "Invalid value" in message and expression and expression[0] == "resourceType":
-            return  # a resource type the rules never read (Encounter from an _include, say)
-        if expression == ["$"] or (expression and expression[0] == "$"):
-            return
-        raise MalformedData(f"{where}.{expression[0] if expression else ''}", message.split(" at ")[0]) from None
+    except msgspec.DecodeError as exc:
+        detail, path = describe_decode_error(exc)
+        if path == "resourceType" and detail.startswith("Invalid value"):
+            return  # a resource type the rules never read (an Encounter from an _include, say)
+        raise MalformedData(f"{where}.{path}", detail) from None
     record.seen += 1
     resource_type = type(slim).__name__.lstrip("_")
     if resource_type == "OperationOutcome" or not _is_current(slim):

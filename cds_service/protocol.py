@@ -120,20 +120,24 @@ def operation_outcome(
 
 
 _PATH = re.compile(r" - at `\$\.?([^`]*)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 _QUOTED_VALUE = re.compile(r"'[^']*'")
 
 
-def describe_decode_error(exc: msgspec.DecodeError | msgspec.ValidationError) -> tuple[str, list[str] | None]:
-    """A message and FHIRPath-like location from a msgspec error, without echoing input values."""
+def describe_decode_error(exc: msgspec.DecodeError) -> tuple[str, str | None]:
+    """(what is wrong, where: a dotted path such as `context.patientId`, or None for bad JSON).
+
+    The message never echoes input values: msgspec quotes them ("Invalid enum value 'x'")."""
     message = str(exc)
     match = _PATH.search(message)
-    expression = [match.group(1).replace("[", ".").replace("]", "") or "$"] if match else None
-    message = _PATH.sub("", message)
-    message = _QUOTED_VALUE.sub("(value)", message)  # e.g. "Invalid enum value 'x'": never echo input
-    if isinstance(exc, msgspec.ValidationError):
-        where = expression[0] if expression else "body"
-        return f"Invalid request: {message} at {where}", expression
-    return f"Request body is not valid JSON: {message}", None
+    path = match.group(1).replace("[", ".").replace("]", "") if match else ""
+    detail = _QUOTED_VALUE.sub("(value)", _PATH.sub("", message))
+    if not isinstance(exc, msgspec.ValidationError):
+        return detail, None
+    missing = _MISSING.search(message)
+    if missing:  # msgspec names the parent object; point at the missing field itself
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return detail, path or "$"
 
 
 _decoders: dict[type, msgspec.json.Decoder] = {}
@@ -146,9 +150,11 @@ def decode(body: bytes, model: type[msgspec.Struct]) -> Any:
         decoder = _decoders[model] = msgspec.json.Decoder(model)
     try:
         return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        message, expression = describe_decode_error(exc)
-        raise CdsError(400, message, code="structure" if expression is None else "invalid", expression=expression) from None
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass: wrong shape or type
+        detail, path = describe_decode_error(exc)
+        if path is None:
+            raise CdsError(400, f"Request body is not valid JSON: {detail}", code="structure") from None
+        raise CdsError(400, f"Invalid request at {path}: {detail}", expression=[path]) from None
     except RecursionError:  # absurdly deep nesting
         raise CdsError(400, "Request body is nested too deeply", code="structure") from None
 

@@ -1,0 +1,40 @@
+"""Settings from the environment."""
+from __future__ import annotations
+
+import pytest
+
+from cds_service.configuration import AuthMode, load_settings
+
+
+def test_defaults_are_safe():
+    settings = load_settings({})
+    assert settings.auth is AuthMode.REQUIRED
+    assert settings.fhir_server_allowlist == ()
+    assert settings.max_body_bytes == 10 * 1024 * 1024
+    assert settings.cors_origins == ("*",)
+    assert settings.database_url.startswith("sqlite:///") and settings.database_url.endswith("var/cds.sqlite3")
+
+
+def test_environment_is_parsed():
+    settings = load_settings({
+        "CDS_FHIR_SERVER_ALLOWLIST": "https://a.example/fhir, https://b.example/r4",
+        "CDS_CORS_ORIGINS": "https://sandbox.cds-hooks.org",
+        "CDS_FHIR_BUDGET_SECONDS": "1.5",
+        "CDS_AUTH": "off",
+        "CDS_SANDBOX_SYSTEM_ACTIONS": "false",
+        "CDS_THRESHOLD_ELDERLY_AGE": "70",
+    })
+    assert settings.fhir_server_allowlist == ("https://a.example/fhir", "https://b.example/r4")
+    assert settings.cors_origins == ("https://sandbox.cds-hooks.org",)
+    assert settings.fhir_budget_seconds == 1.5
+    assert settings.auth is AuthMode.OFF
+    assert settings.sandbox_system_actions is False
+    assert settings.thresholds.elderly_age == 70
+
+
+@pytest.mark.parametrize("name, value", [("CDS_AUTH", "maybe"), ("CDS_FHIR_BUDGET_SECONDS", "soon"),
+                                         ("CDS_SANDBOX_SYSTEM_ACTIONS", "perhaps"), ("CDS_MAX_BODY_BYTES", "-1")])
+def test_bad_values_stop_the_start_naming_the_variable(name, value):
+    with pytest.raises(ValueError) as raised:
+        load_settings({name: value})
+    assert name in str(raised.value) or "positive" in str(raised.value)

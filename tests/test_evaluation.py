@@ -1,0 +1,82 @@
+"""Which draft orders the service evaluates."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cds_service.protocol import HookRequest, decode
+from conftest import load_request
+
+
+def evaluated(app, request, service_id):
+    rt = app.extensions["cds"]
+    service = rt.services[service_id]
+    return [o.reference for o in rt.evaluator.orders_to_evaluate(service, decode(json.dumps(request).encode(), HookRequest))]
+
+
+SELECT_ID, SIGN_ID = "lumbar-mri-order-select", "lumbar-mri-order-sign"
+
+
+@pytest.mark.parametrize(
+    "scenario, service, expected",
+    [
+        ("acute-lbp-defer", SELECT_ID, ["ServiceRequest/draft-order-1"]),
+        ("acute-lbp-order-sign", SIGN_ID, ["ServiceRequest/draft-order-1"]),
+        ("order-sign-mixed-orders", SIGN_ID, ["ServiceRequest/lumbar-mri"]),
+        ("unselected-order", SELECT_ID, []),
+        ("other-imaging", SELECT_ID, []),
+        ("medication-order", SELECT_ID, []),
+        ("sandbox-empty-order", SELECT_ID, []),
+    ],
+)
+def test_orders_evaluated_per_scenario(app, scenario, service, expected):
+    assert evaluated(app, load_request(scenario), service) == expected
+
+
+def test_order_sign_evaluates_every_lumbar_mri_draft(app):
+    request = load_request("acute-lbp-order-sign")
+    second = json.loads(json.dumps(request["context"]["draftOrders"]["entry"][0]))
+    second["resource"]["id"] = "second-mri"
+    request["context"]["draftOrders"]["entry"].append(second)
+    assert evaluated(app, request, SIGN_ID) == ["ServiceRequest/draft-order-1", "ServiceRequest/second-mri"]
+
+
+def test_orders_that_are_not_drafts_are_not_evaluated(app):
+    request = load_request("acute-lbp-order-sign")
+    request["context"]["draftOrders"]["entry"][0]["resource"]["status"] = "active"
+    assert evaluated(app, request, SIGN_ID) == []
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [
+        {"system": "http://www.ama-assn.org/go/cpt", "code": "72149"},
+        {"system": "http://www.ama-assn.org/go/cpt", "code": "72158"},
+        {"system": "urn:oid:2.16.840.1.113883.6.12", "code": "72148"},
+        {"system": "http://loinc.org", "code": "24967-2"},
+        {"system": "http://loinc.org", "code": "30679-5"},
+        {"system": "http://snomed.info/sct", "code": "394451000119106"},
+    ],
+)
+def test_lumbar_mri_is_recognised_in_cpt_loinc_and_snomed(app, coding):
+    request = load_request("acute-lbp-defer")
+    request["context"]["draftOrders"]["entry"][0]["resource"]["code"] = {"coding": [coding]}
+    assert evaluated(app, request, SELECT_ID) == ["ServiceRequest/draft-order-1"]
+
+
+def test_generic_spine_mri_counts_only_with_a_lumbar_body_site(app):
+    request = load_request("acute-lbp-defer")
+    order = request["context"]["draftOrders"]["entry"][0]["resource"]
+    order["code"] = {"coding": [{"system": "http://snomed.info/sct", "code": "241645008"}]}
+    assert evaluated(app, request, SELECT_ID) == []
+    order["bodySite"] = [{"coding": [{"system": "http://snomed.info/sct", "code": "122496007"}]}]
+    assert evaluated(app, request, SELECT_ID) == ["ServiceRequest/draft-order-1"]
+
+
+@pytest.mark.parametrize("code", [None, "not-an-object", {"coding": "nope"}, {"coding": [{}, 5, {"code": "72148"}]}])
+def test_odd_order_codes_are_not_ours_and_do_not_crash(client, code):
+    request = load_request("acute-lbp-defer")
+    request["context"]["draftOrders"]["entry"][0]["resource"]["code"] = code
+    response = client.post("/cds-services/lumbar-mri-order-select", json=request)
+    assert response.status_code == 200 and response.get_json() == {"cards": []}

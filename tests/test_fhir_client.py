@@ -1,0 +1,208 @@
+"""FHIR fallback: only allowed servers, the token nowhere else, paging, and failures as 412 within budget."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+import responses
+
+from cds_service.fhir_client import is_allowed
+from conftest import SELECT, load_request
+from test_patient_data import FHIR, TOKEN, evaluate, searchset, with_authorization
+
+
+def request_missing(*keys):
+    request = with_authorization(load_request("acute-lbp-defer"))
+    for key in keys:
+        del request["prefetch"][key]
+    return request
+
+
+@pytest.fixture
+def fallback_client(make_app):
+    return make_app(fhir_server_allowlist=(FHIR,), fhir_budget_seconds=1.0).test_client()
+
+
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        (FHIR, True),
+        (FHIR + "/", True),
+        ("https://EHR.example.org:443/fhir", True),
+        ("https://ehr.example.org/fhir/R4", True),
+        ("https://ehr.example.org/fhir-evil", False),
+        ("https://ehr.example.org.attacker.net/fhir", False),
+        ("http://ehr.example.org/fhir", False),
+        ("https://ehr.example.org:8443/fhir", False),
+        ("https://user:pw@ehr.example.org/fhir", False),
+        ("https://ehr.example.org/other", False),
+        ("file:///etc/passwd", False),
+        ("not a url", False),
+    ],
+)
+def test_allowlist_matches_scheme_host_port_and_path_segments(url, allowed):
+    assert is_allowed(url, (FHIR,)) is allowed
+
+
+def test_empty_allowlist_never_calls_out(client):
+    with responses.RequestsMock() as mock:
+        response = client.post(SELECT, json=request_missing("conditions"))
+        assert len(mock.calls) == 0
+    assert response.status_code == 412
+    assert "allowlist" in response.get_json()["issue"][1]["diagnostics"]
+
+
+def test_server_not_on_the_allowlist_gets_no_call_and_no_token(make_app):
+    client = make_app(fhir_server_allowlist=("https://other-ehr.example.org/fhir",)).test_client()
+    with responses.RequestsMock() as mock:
+        response = client.post(SELECT, json=request_missing("conditions"))
+        assert len(mock.calls) == 0
+    assert response.status_code == 412
+
+
+def test_paging_is_followed_on_the_same_server(make_app):
+    app = make_app(fhir_server_allowlist=(FHIR,))
+    request = request_missing("conditions")
+    first = load_request("cancer-history")["prefetch"]["conditions"]["entry"]
+    for entry in first:
+        entry["resource"]["subject"]["reference"] = "Patient/pt-acute-lbp"
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=searchset(first[0]["resource"], next_url=f"{FHIR}/Condition?page=2"),
+                 match=[responses.matchers.query_param_matcher({"patient": "pt-acute-lbp"})])
+        mock.get(f"{FHIR}/Condition", json=searchset(first[1]["resource"]),
+                 match=[responses.matchers.query_param_matcher({"page": "2"})])
+        record = evaluate(app, request).record
+        assert len(mock.calls) == 2
+    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+
+
+def test_a_paginated_prefetch_is_completed_from_the_server(make_app):
+    app = make_app(fhir_server_allowlist=(FHIR,))
+    request = with_authorization(load_request("cancer-history"))
+    conditions = request["prefetch"]["conditions"]
+    second = conditions["entry"].pop()
+    conditions["link"] = [{"relation": "next", "url": f"{FHIR}/Condition?page=2"}]
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=searchset(second["resource"]))
+        record = evaluate(app, request).record
+    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+
+
+def test_next_link_to_another_host_is_refused_and_gets_no_token(fallback_client):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{FHIR}/Condition", json=searchset(next_url="https://attacker.example.net/steal"))
+        stolen = mock.get("https://attacker.example.net/steal", json=searchset())
+        response = fallback_client.post(SELECT, json=request_missing("conditions"))
+        assert stolen.call_count == 0
+    assert response.status_code == 412
+    assert "outside the allowed" in response.get_json()["issue"][1]["diagnostics"]
+
+
+def test_redirects_are_not_followed(fallback_client):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{FHIR}/Condition", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
+        metadata = mock.get("http://169.254.169.254/latest/meta-data", body="secret")
+        response = fallback_client.post(SELECT, json=request_missing("conditions"))
+        assert metadata.call_count == 0
+    assert response.status_code == 412
+    assert "redirect" in response.get_json()["issue"][1]["diagnostics"]
+
+
+def test_too_many_pages_is_412_rather_than_a_partial_record(make_app):
+    client = make_app(fhir_server_allowlist=(FHIR,), fhir_max_pages=3).test_client()
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=searchset(next_url=f"{FHIR}/Condition?page=next"))
+        response = client.post(SELECT, json=request_missing("conditions"))
+        assert len(mock.calls) == 3
+    assert response.status_code == 412
+    assert "more than 3 pages" in response.get_json()["issue"][1]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ({"status": 401, "json": {"resourceType": "OperationOutcome"}}, "HTTP 401"),
+        ({"status": 403}, "HTTP 403"),
+        ({"status": 404}, "HTTP 404"),
+        ({"status": 429, "headers": {"Retry-After": "5"}}, "HTTP 429"),
+        ({"status": 500}, "HTTP 500"),
+        ({"status": 503}, "HTTP 503"),
+        ({"body": requests.ConnectTimeout()}, "timed out"),
+        ({"body": requests.ReadTimeout()}, "timed out"),
+        ({"body": requests.ConnectionError("refused")}, "could not reach"),
+        ({"body": b"<html>not json</html>"}, "not valid FHIR JSON"),
+        ({"body": b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Condition", "code": 7}}]}'},
+         "not valid FHIR JSON"),
+    ],
+)
+def test_fhir_server_failures_become_412_with_the_reason(fallback_client, answer, reason):
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", **answer)
+        response = fallback_client.post(SELECT, json=request_missing("conditions"))
+    assert response.status_code == 412
+    outcome = response.get_json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert reason in " ".join(issue["diagnostics"] for issue in outcome["issue"])
+    assert TOKEN not in str(outcome)
+
+
+def test_oversized_answer_is_refused(make_app):
+    client = make_app(fhir_server_allowlist=(FHIR,), fhir_max_response_bytes=1000).test_client()
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", body=b'{"resourceType":"Bundle","entry":[' + b" " * 5000 + b"]}")
+        response = client.post(SELECT, json=request_missing("conditions"))
+    assert response.status_code == 412
+    assert "larger than allowed" in response.get_json()["issue"][1]["diagnostics"]
+
+
+def test_a_hanging_server_is_cut_off_at_the_budget(make_app):
+    client = make_app(fhir_server_allowlist=(FHIR,), fhir_budget_seconds=0.3).test_client()
+
+    def hang(_request):
+        time.sleep(3)
+        return 200, {}, "{}"
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.GET, f"{FHIR}/Condition", callback=hang)
+        started = time.monotonic()
+        response = client.post(SELECT, json=request_missing("conditions"))
+        elapsed = time.monotonic() - started
+    assert response.status_code == 412
+    assert "0.3 s budget" in response.get_json()["issue"][1]["diagnostics"]
+    assert elapsed < 2.5  # answered at the budget, not after the server's 3 s
+
+
+def test_all_missing_keys_are_fetched_concurrently(make_app):
+    """Six keys that each take 0.4 s fit in a 1.5 s budget only when fetched side by side."""
+    client = make_app(fhir_server_allowlist=(FHIR,), fhir_budget_seconds=1.5).test_client()
+    request = load_request("acute-lbp-defer")
+    prefetch = request.pop("prefetch")
+    with_authorization(request)
+    bodies = {"Patient": prefetch["patient"], "Condition": prefetch["conditions"], "Observation": prefetch["observations"],
+              "ServiceRequest": prefetch["serviceRequests"], "Procedure": prefetch["procedures"], "Device": prefetch["devices"]}
+
+    def slow(resource_type):
+        def answer(_request):
+            time.sleep(0.4)
+            import json
+            return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bodies[resource_type])
+        return answer
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.GET, f"{FHIR}/Patient/pt-acute-lbp", callback=slow("Patient"))
+        for resource_type in ("Condition", "Observation", "ServiceRequest", "Procedure", "Device"):
+            mock.add_callback(responses.GET, f"{FHIR}/{resource_type}", callback=slow(resource_type))
+        response = client.post(SELECT, json=request)
+    assert response.status_code == 200, response.get_json()
+
+
+def test_token_is_sent_only_with_fhir_authorization(make_app):
+    client = make_app(fhir_server_allowlist=(FHIR,)).test_client()
+    request = load_request("acute-lbp-defer")
+    del request["prefetch"]["conditions"]  # fhirServer present, no fhirAuthorization (the sandbox's open mode)
+    with responses.RequestsMock() as mock:
+        response = client.post(SELECT, json=request)
+        assert len(mock.calls) == 0
+    assert response.status_code == 412
+    assert "fhirAuthorization" in response.get_json()["issue"][1]["diagnostics"]

@@ -1,0 +1,201 @@
+"""Patient data: prefetch states, FHIR fallback, and what ends up in the patient record."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import responses
+from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.patient import Patient
+
+from cds_service.protocol import HookRequest, decode
+from conftest import SELECT, load_request
+
+FHIR = "https://ehr.example.org/fhir"
+TOKEN = "opaque-access-token-5f2c"
+
+
+def evaluate(app, request, service_id="lumbar-mri-order-select"):
+    rt = app.extensions["cds"]
+    return rt.evaluator.evaluate(rt.services[service_id], decode(json.dumps(request).encode(), HookRequest))
+
+
+def searchset(*resources, next_url=None):
+    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
+              "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+    if next_url:
+        bundle["link"] = [{"relation": "next", "url": next_url}]
+    return bundle
+
+
+def with_authorization(request):
+    request["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
+                                    "scope": "patient/*.read", "subject": "lumbar-mri-cds"}
+    return request
+
+
+@pytest.fixture
+def fallback_app(make_app):
+    return make_app(fhir_server_allowlist=(FHIR,), fhir_budget_seconds=2.0)
+
+
+def test_complete_prefetch_builds_a_typed_record_without_calling_out(app):
+    with responses.RequestsMock() as mock:  # any outbound call would fail the test
+        evaluation = evaluate(app, load_request("cancer-history"))
+        assert len(mock.calls) == 0
+    record = evaluation.record
+    assert isinstance(record.patient, Patient) and str(record.patient.birthDate) == "1962-09-05"
+    assert all(isinstance(c, Condition) for c in record.conditions)
+    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+    assert set(record.sources.values()) == {"prefetch"}
+    assert not record.fallback_used
+
+
+def test_null_prefetch_means_no_data_and_is_not_fetched(fallback_app):
+    request = with_authorization(load_request("acute-lbp-defer"))
+    request["prefetch"]["devices"] = None
+    request["prefetch"]["procedures"] = None
+    with responses.RequestsMock():
+        evaluation = evaluate(fallback_app, request)
+    assert evaluation.record.sources["devices"] == "empty"
+    assert evaluation.record.devices == []
+
+
+def test_empty_searchset_means_no_data(app):
+    request = load_request("acute-lbp-defer")
+    request["prefetch"]["conditions"] = searchset()
+    assert evaluate(app, request).record.conditions == []
+
+
+def test_missing_key_without_fhir_access_is_412_naming_the_key(client):
+    request = load_request("acute-lbp-defer")
+    del request["prefetch"]["conditions"]
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 412
+    outcome = response.get_json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["conditions"]
+    assert "conditions" in outcome["issue"][0]["diagnostics"]
+
+
+def test_no_prefetch_at_all_without_fhir_access_is_412_listing_every_key(client):
+    request = load_request("acute-lbp-defer")
+    del request["prefetch"]
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 412
+    assert set(response.get_json()["issue"][0]["expression"]) == {
+        "patient", "conditions", "observations", "serviceRequests", "procedures", "devices"}
+
+
+def test_partial_prefetch_fetches_only_the_missing_keys_with_the_bearer_token(fallback_app):
+    request = with_authorization(load_request("acute-lbp-defer"))
+    conditions = request["prefetch"].pop("conditions")
+    del request["prefetch"]["devices"]
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=conditions)
+        mock.get(f"{FHIR}/Device", json=searchset())
+        evaluation = evaluate(fallback_app, request)
+        assert sorted(call.request.url.split("?")[0] for call in mock.calls) == [f"{FHIR}/Condition", f"{FHIR}/Device"]
+        assert all(call.request.headers["Authorization"] == f"Bearer {TOKEN}" for call in mock.calls)
+        assert "patient=pt-acute-lbp" in mock.calls[0].request.url
+    record = evaluation.record
+    assert record.sources["conditions"] == "fetched" and record.sources["patient"] == "prefetch"
+    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert record.fallback_used
+
+
+def test_operation_outcome_in_prefetch_is_treated_as_missing_and_fetched(fallback_app):
+    request = with_authorization(load_request("cancer-history"))
+    conditions = request["prefetch"]["conditions"]
+    request["prefetch"]["conditions"] = {"resourceType": "OperationOutcome",
+                                         "issue": [{"severity": "error", "code": "timeout"}]}
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=conditions)
+        evaluation = evaluate(fallback_app, request)
+    assert {c.id for c in evaluation.record.conditions} == {"c-lbp", "c-brca"}
+
+
+def test_operation_outcome_without_fhir_access_is_412(client):
+    request = load_request("acute-lbp-defer")
+    request["prefetch"]["observations"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 412
+    assert response.get_json()["issue"][0]["expression"] == ["observations"]
+
+
+def test_omit_policy_carries_on_without_the_key(tmp_path, make_app):
+    from conftest import ROOT
+
+    definition = json.loads((ROOT / "hooks" / "order-select.json").read_text())
+    definition["prefetchFailurePolicy"] = {"devices": "omit"}
+    (tmp_path / "select.json").write_text(json.dumps(definition))
+    app = make_app(hooks_dir=tmp_path)
+    request = load_request("acute-lbp-defer")
+    del request["prefetch"]["devices"]
+    evaluation = evaluate(app, request)
+    assert evaluation.record.unavailable == ["devices"]
+    del request["prefetch"]["conditions"]
+    assert app.test_client().post(SELECT, json=request).status_code == 412  # conditions keep FAIL
+
+
+def test_entered_in_error_and_refuted_resources_are_ignored(app):
+    record = evaluate(app, load_request("entered-in-error-red-flag")).record
+    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert record.observations == []
+
+
+def test_resources_of_another_patient_are_ignored(app):
+    request = load_request("acute-lbp-defer")
+    stray = json.loads(json.dumps(request["prefetch"]["conditions"]["entry"][0]["resource"]))
+    stray.update(id="someone-else", subject={"reference": "https://ehr.example.org/fhir/Patient/other-patient"})
+    request["prefetch"]["conditions"]["entry"].append({"resource": stray})
+    record = evaluate(app, request).record
+    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert any("another patient" in note for note in record.data_quality)
+
+
+def test_only_resources_the_rules_read_get_typed_models(app):
+    request = load_request("acute-lbp-defer")
+    hypertension = {"resourceType": "Condition", "id": "c-htn", "subject": {"reference": "Patient/pt-acute-lbp"},
+                    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]}}
+    request["prefetch"]["conditions"]["entry"].append({"resource": hypertension})
+    record = evaluate(app, request).record
+    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert record.seen > record.kept
+
+
+def test_icd_codes_without_dots_and_oid_systems_are_recognised(app):
+    request = load_request("acute-lbp-defer")
+    request["prefetch"]["conditions"]["entry"][0]["resource"]["code"]["coding"][0].update(
+        system="urn:oid:2.16.840.1.113883.6.90", code="M5450")
+    assert [c.id for c in evaluate(app, request).record.conditions] == ["c-lbp"]
+
+
+def test_an_invalid_element_is_dropped_not_the_red_flag(app):
+    request = load_request("cauda-equina")
+    ces = request["prefetch"]["conditions"]["entry"][1]["resource"]
+    ces["recordedDate"] = "2026-05-31T10:00:00"  # no time zone: invalid FHIR dateTime
+    ces["madeUpElement"] = True
+    del ces["subject"]
+    record = evaluate(app, request).record
+    kept = {c.id: c for c in record.conditions}
+    assert "c-ces" in kept and kept["c-ces"].recordedDate is None
+    assert str(kept["c-ces"].onsetDateTime) == "2026-05-31"
+    assert any("Condition" in note and "dropped" in note for note in record.data_quality)
+
+
+def test_searchset_outcome_entries_and_unknown_types_are_skipped(app):
+    request = load_request("acute-lbp-defer")
+    entries = request["prefetch"]["conditions"]["entry"]
+    entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "processing"}]},
+                    "search": {"mode": "outcome"}})
+    entries.append({"resource": {"resourceType": "Encounter", "id": "e1", "status": "finished"}, "search": {"mode": "include"}})
+    assert [c.id for c in evaluate(app, request).record.conditions] == ["c-lbp"]
+
+
+def test_prefetch_for_non_lumbar_orders_is_never_read(client):
+    """Anything but a lumbar MRI is answered without decoding the patient data at all."""
+    request = load_request("other-imaging")
+    request["prefetch"]["conditions"] = {"entry": "not even a bundle"}
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 200 and response.get_json() == {"cards": []}
