@@ -8,8 +8,9 @@ import traceback
 from flask import Blueprint, Flask, g, request
 from werkzeug.exceptions import HTTPException
 
-from .protocol import CdsError, HookRequest, decode, operation_outcome
-from .runtime import json_response, require_json, runtime
+from .patient_data import decode_hook_request
+from .protocol import CdsError, operation_outcome
+from .runtime import json_response, request_body, require_json, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("cds_hooks", __name__)
@@ -30,7 +31,7 @@ def call_service(service_id: str):
         raise CdsError(404, f"No CDS service with id {service_id!r}", code="not-found")
     require_json()
     started = time.perf_counter()
-    hook_request = decode(request.get_data(cache=False), HookRequest)
+    hook_request = decode_hook_request(request_body())
     g.hook_instance = hook_request.hookInstance
     evaluation = rt.evaluator.evaluate(service, hook_request)
     record = evaluation.record

@@ -40,10 +40,10 @@ class Thresholds:
     egfr_low: float = 30.0  # mL/min/1.73 m2 (ACR-NKF GBCA consensus 2021)
     egfr_lookback_days: int = 90
     fever_celsius: float = 38.0
-    fever_lookback_days: int = 14
+    infection_signs_lookback_days: int = 14  # temperature, ESR, CRP
     red_flag_recent_days: int = 14  # bladder/bowel finding counts as "new" within this window
     aki_lookback_days: int = 30
-    hcg_lookback_days: int = 30
+    pregnancy_lookback_days: int = 30  # pregnancy status and urine hCG observations
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from .configuration import Settings
-from .fhir_client import FhirClient
+from .fhir_client import FhirClient, ConnectionPools
 from .knowledge import Knowledge, OrderedStudy
 from .patient_data import PatientRecord, build_record
 from .protocol import CdsError, HookRequest
@@ -58,6 +58,7 @@ class Evaluator:
         self.knowledge = knowledge
         self.clock = clock
         self.fhir_client_factory = fhir_client_factory
+        self.fhir_pools = ConnectionPools()
 
     def evaluate(self, service: ServiceDefinition, request: HookRequest) -> Evaluation:
         check_request(service, request)
@@ -65,7 +66,9 @@ class Evaluator:
         orders = self.orders_to_evaluate(service, request)
         if not orders:
             return Evaluation(response={"cards": []})
-        record = build_record(request, service, self.settings, self.knowledge.reading_list, self.fhir_client_factory)
+        now = self.clock()
+        reading_list = self.knowledge.reading_list.within(now, self.settings.thresholds)
+        record = build_record(request, service, self.settings, reading_list, self.fhir_client_factory, self.fhir_pools)
         fetched = time.perf_counter()
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
         evaluation.timings_ms = {"patient_data": (fetched - started) * 1000}

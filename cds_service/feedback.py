@@ -9,7 +9,7 @@ from flask import Blueprint, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .protocol import CdsError, FeedbackEntry, FeedbackRequest, decode, parse_instant
-from .runtime import json_response, require_json, runtime
+from .runtime import json_response, request_body, require_json, runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("feedback", __name__)
@@ -21,7 +21,7 @@ def receive_feedback(service_id: str):
     if service_id not in rt.services:
         raise CdsError(404, f"No CDS service with id {service_id!r}", code="not-found")
     require_json()
-    body = request.get_data(cache=False)
+    body = request_body()
     message = decode(body, FeedbackRequest)
     rows = [_row(index, entry) for index, entry in enumerate(message.feedback)]
     try:

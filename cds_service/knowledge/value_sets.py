@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
@@ -31,6 +32,7 @@ _SYSTEM_ALIASES = {
 }
 
 DIRECTORY = Path(__file__).resolve().parent / "value_sets"
+EVERYTHING: frozenset[str] = frozenset({"*"})  # the rules may read any element of the resource
 
 
 class HasCoding(Protocol):
@@ -152,24 +154,91 @@ def load_value_sets(directory: Path = DIRECTORY) -> dict[str, ValueSet]:
 
 class ReadingList:
     """Which resources the rules read: a resource is kept when one of its codes is in a value set
-    declared for its resource type. Patients and Devices are always kept (implants)."""
+    declared for its resource type and, for value sets with a look-back window, it is recent enough.
+    Patients and Devices are always kept (implants).
+
+    Called for every resource of a large record, so the value sets are merged into one index per
+    resource type: a dict lookup per coding, and one `startswith` with a tuple for ICD families."""
 
     ALWAYS = frozenset({"Patient", "Device"})
 
-    def __init__(self, value_sets: Mapping[str, ValueSet]) -> None:
-        self._by_type: dict[str, list[ValueSet]] = {}
+    def __init__(self, value_sets: Mapping[str, ValueSet], cutoffs: Mapping[str, str] | None = None) -> None:
+        self._value_sets = value_sets
+        self._cutoffs = dict(cutoffs or {})  # value set id -> earliest ISO date still read
+        # resource type -> (system, code) -> value set ids; and system -> [(prefix, id)], [(low, high, id)]
+        self._codes: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
+        self._prefixes: dict[str, dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]]] = {}
+        self._ranges: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
         for value_set in value_sets.values():
             for resource_type in value_set.resource_types:
-                self._by_type.setdefault(resource_type, []).append(value_set)
+                codes = self._codes.setdefault(resource_type, {})
+                for key in value_set.codes:
+                    codes[key] = codes.get(key, ()) + (value_set.id,)
+                prefixes = self._prefixes.setdefault(resource_type, {})
+                for system, values in value_set.prefixes.items():
+                    _, pairs = prefixes.get(system, ((), []))
+                    pairs = pairs + [(prefix, value_set.id) for prefix in values]
+                    prefixes[system] = (tuple(prefix for prefix, _ in pairs), pairs)
+                ranges = self._ranges.setdefault(resource_type, {})
+                for system, values in value_set.ranges.items():
+                    ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in values)
+        self._elements = {value_set.id: frozenset(value_set.extra["elements"])
+                          for value_set in value_sets.values() if "elements" in value_set.extra}
+        self._family_systems = {system for index in self._prefixes.values() for system in index} | {
+            system for index in self._ranges.values() for system in index}
+        self._systems = {system for index in self._codes.values() for system, _ in index} | {
+            system for index in self._prefixes.values() for system in index} | {
+            system for index in self._ranges.values() for system in index}
 
-    def wants(self, resource_type: str, codings: Iterable[HasCoding]) -> bool:
+    def within(self, now: datetime, thresholds: Any) -> "ReadingList":
+        """The same list, with each value set's look-back window (`lookbackThreshold`) applied at `now`."""
+        clone = object.__new__(ReadingList)
+        clone.__dict__.update(self.__dict__)
+        clone._cutoffs = {}
+        for value_set in self._value_sets.values():
+            threshold = value_set.extra.get("lookbackThreshold")
+            if threshold:
+                clone._cutoffs[value_set.id] = (now - timedelta(days=getattr(thresholds, threshold))).date().isoformat()
+        return clone
+
+    def _value_set_ids(self, resource_type: str, key: tuple[str, str]) -> Iterable[str]:
+        ids = self._codes.get(resource_type, {}).get(key, ())
+        system, code = key
+        if system not in self._family_systems:
+            return ids
+        prefixes, pairs = self._prefixes.get(resource_type, {}).get(system, ((), ()))
+        if prefixes and code.startswith(prefixes):
+            ids += tuple(value_set_id for prefix, value_set_id in pairs if code.startswith(prefix))
+        for low, high, value_set_id in self._ranges.get(resource_type, {}).get(system, ()):
+            if low <= code[:3] <= high:
+                ids += (value_set_id,)
+        return ids
+
+    def reads(self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None) -> frozenset[str] | None:
+        """The elements the rules read from this resource (EVERYTHING when a value set does not
+        narrow them), or None when the rules do not read it at all."""
         if resource_type in self.ALWAYS:
-            return True
-        candidates = self._by_type.get(resource_type)
-        if not candidates:
-            return False
+            return EVERYTHING
+        elements: frozenset[str] | None = None
         for coding in codings:
-            key = normalise(coding.system, coding.code)
-            if key is not None and any(value_set._matches(key) for value_set in candidates):
-                return True
-        return False
+            system, code = coding.system, coding.code
+            if not code:
+                continue
+            if system not in self._systems:
+                system = _SYSTEM_ALIASES.get(system or "")
+                if system is None:
+                    continue  # local and proprietary code systems: by far most codings in a real chart
+            if system == ICD10CM or code[-1:] == " " or code[:1] == " ":
+                key = normalise(system, code)
+            else:
+                key = (system, code)
+            for value_set_id in self._value_set_ids(resource_type, key):
+                cutoff = self._cutoffs.get(value_set_id)
+                # ISO dates compare as strings; an undated resource is always read
+                if cutoff is None or when is None or when[:10] >= cutoff:
+                    narrowed = self._elements.get(value_set_id, EVERYTHING)
+                    elements = narrowed if elements is None else elements | narrowed
+        return elements
+
+    def wants(self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None) -> bool:
+        return self.reads(resource_type, codings, when) is not None

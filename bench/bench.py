@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""`make bench`: speed as ratios against floors measured in the same run on this machine.
+
+W1  ~200 KB prefetch, served by gunicorn (2 workers): throughput and p99 vs a bare Flask app
+    that parses the same body and returns {"cards": []} under the same gunicorn settings.
+W2  ~2 MB prefetch, in process: handling time (median, p99) vs orjson.loads of the same body.
+W3  no prefetch; every key fetched from a local FHIR stub that answers each query after 20 ms:
+    wall time vs one 20 ms query.
+cold start: import plus create_app(), seconds.
+
+Writes var/bench.json and prints it as the last line.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import records  # noqa: E402
+
+SELECT = "/cds-services/lumbar-mri-order-select"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def tuned_gc():
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)  # the production settings (gunicorn.conf.py)
+
+
+def make_app(tmp: Path, **config):
+    from cds_service import create_app
+
+    return create_app({"database_url": f"sqlite:///{tmp / 'bench.sqlite3'}", "auth": "off", **config})
+
+
+# --- W2 -----------------------------------------------------------------------------------------
+
+def bench_w2(tmp: Path) -> dict:
+    body = orjson.dumps(records.record(650, 190, 300))
+    client = make_app(tmp).test_client()
+    for _ in range(5):  # warm-up: lazy imports, first-use caches
+        assert client.post(SELECT, data=body, content_type="application/json").status_code == 200
+        orjson.loads(body)
+    tuned_gc()
+    handle, parse = [], []
+    for _ in range(60):
+        started = time.perf_counter()
+        orjson.loads(body)
+        parse.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        response = client.post(SELECT, data=body, content_type="application/json")
+        handle.append(time.perf_counter() - started)
+        assert response.status_code == 200
+    gc.unfreeze()
+    return {
+        "w2_body_bytes": len(body),
+        "w2_parse_ms": round(statistics.median(parse) * 1000, 2),
+        "w2_handle_ms": round(statistics.median(handle) * 1000, 2),
+        "w2_handle_p99_ms": round(percentile(handle, 0.99) * 1000, 2),
+        "w2_handle_over_parse": round(statistics.median(handle) / statistics.median(parse), 3),
+        "w2_handle_p99_over_parse_p99": round(percentile(handle, 0.99) / percentile(parse, 0.99), 3),
+    }
+
+
+# --- W3 -----------------------------------------------------------------------------------------
+
+def bench_w3(tmp: Path) -> dict:
+    request = records.record(60, 20, 30)
+    prefetch = request.pop("prefetch")
+    bodies = tmp / "stub-bodies.json"
+    bodies.write_text(json.dumps({
+        "Patient": prefetch["patient"], "Condition": prefetch["conditions"], "Observation": prefetch["observations"],
+        "ServiceRequest": prefetch["serviceRequests"], "Procedure": prefetch["procedures"], "Device": prefetch["devices"]}))
+    # The stub runs in its own process so that it does not share this one's GIL.
+    stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "20", str(bodies)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{int(stub.stdout.readline())}/fhir"
+        request["fhirServer"] = base
+        request["fhirAuthorization"] = {"access_token": "bench-token", "token_type": "Bearer", "expires_in": 300,
+                                        "scope": "patient/*.read", "subject": "bench"}
+        body = orjson.dumps(request)
+        client = make_app(tmp, fhir_server_allowlist=(base,)).test_client()
+        one, wall = [], []
+        floor_session = requests.Session()  # the floor is a warm keep-alive query too
+        for _ in range(3):
+            assert client.post(SELECT, data=body, content_type="application/json").status_code == 200
+            floor_session.get(f"{base}/Condition?patient=bench-patient").content
+        for _ in range(25):
+            started = time.perf_counter()
+            floor_session.get(f"{base}/Condition?patient=bench-patient").content
+            one.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            response = client.post(SELECT, data=body, content_type="application/json")
+            wall.append(time.perf_counter() - started)
+            assert response.status_code == 200, response.get_json()
+    finally:
+        stub.kill()
+        stub.wait()
+    return {
+        "w3_one_query_ms": round(statistics.median(one) * 1000, 2),
+        "w3_wall_ms": round(statistics.median(wall) * 1000, 2),
+        "w3_fetch_over_one_query": round(statistics.median(wall) / statistics.median(one), 3),
+    }
+
+
+# --- W1 (served) ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_gunicorn(app_path: str, port: int, env: dict, cwd: Path) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b", f"127.0.0.1:{port}", app_path],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return process
+        except urllib.error.HTTPError:
+            return process  # the echo app has no /healthz: a 404 means it is up
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"gunicorn for {app_path} did not start")
+
+
+def load_wrk(port: int, body_file: Path) -> tuple[float, float]:
+    script = body_file.with_suffix(".lua")
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
+    out = subprocess.run(["wrk", "-t1", "-c4", f"-d{SECONDS:g}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}{SELECT}"], capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+    return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def load_python(port: int, body_file: Path) -> tuple[float, float]:
+    """Fallback load generator: 4 connections from threads (costs more client CPU than wrk)."""
+    body = body_file.read_bytes()
+    latencies: list[float] = []
+    stop = time.time() + SECONDS
+    lock = threading.Lock()
+
+    def worker():
+        import http.client
+        mine = []
+        while time.time() < stop:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            started = time.perf_counter()
+            connection.request("POST", SELECT, body=body, headers={"Content-Type": "application/json"})
+            connection.getresponse().read()
+            mine.append(time.perf_counter() - started)
+            connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    started = time.time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(latencies) / (time.time() - started), percentile(latencies, 0.99) * 1000
+
+
+def bench_w1(tmp: Path) -> dict:
+    body_file = tmp / "w1.json"
+    body_file.write_bytes(orjson.dumps(records.record(60, 20, 30)))
+    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp / 'served.sqlite3'}",
+           "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}"}
+    load = load_wrk if shutil.which("wrk") else load_python
+    results = {}
+    for name, app_path in (("echo", "echo_app:app"), ("service", "cds_service.wsgi:app")):
+        port = free_port()
+        process = start_gunicorn(app_path, port, env, ROOT / "bench")
+        try:
+            load(port, body_file)  # warm-up run (short data is discarded)
+            results[name] = load(port, body_file)
+        finally:
+            process.terminate()
+            process.wait(10)
+    (echo_rate, echo_p99), (rate, p99) = results["echo"], results["service"]
+    return {
+        "w1_body_bytes": body_file.stat().st_size,
+        "w1_load_generator": load.__name__.removeprefix("load_"),
+        "w1_echo_rps": round(echo_rate, 1), "w1_served_rps": round(rate, 1),
+        "w1_echo_p99_ms": round(echo_p99, 2), "w1_served_p99_ms": round(p99, 2),
+        "w1_served_over_echo": round(rate / echo_rate, 3),
+        "w1_p99_over_echo_p99": round(p99 / echo_p99, 3),
+    }
+
+
+# --- cold start -----------------------------------------------------------------------------------
+
+def bench_cold_start(tmp: Path) -> dict:
+    code = ("import time; t = time.perf_counter(); from cds_service import create_app; "
+            f"create_app({{'database_url': 'sqlite:///{tmp / 'cold.sqlite3'}', 'auth': 'off'}}); "
+            "print(time.perf_counter() - t)")
+    times = [float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+             for _ in range(5)]
+    return {"cold_start_s": round(statistics.median(times), 3)}
+
+
+def main() -> None:
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as directory:
+        tmp = Path(directory)
+        results.update(bench_cold_start(tmp))
+        results.update(bench_w2(tmp))
+        results.update(bench_w3(tmp))
+        results.update(bench_w1(tmp))
+    targets = {"w2_handle_over_parse": ("<=", 1.0), "w1_served_over_echo": (">=", 0.8),
+               "w3_fetch_over_one_query": ("<=", 1.3), "cold_start_s": ("<=", 0.8)}
+    for key, (op, limit) in targets.items():
+        met = results[key] <= limit if op == "<=" else results[key] >= limit
+        print(f"{key:28} {results[key]:>8}  target {op} {limit}  {'ok' if met else 'MISSED'}", file=sys.stderr)
+    (ROOT / "var").mkdir(exist_ok=True)
+    (ROOT / "var" / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
