@@ -68,6 +68,8 @@ def load_services(hooks_dir: Path) -> dict[str, ServiceDefinition]:
         if service.id in services:
             raise DefinitionError(f"{path.name}: duplicate service id {service.id!r}")
         services[service.id] = service
+    if not services:
+        raise DefinitionError(f"no service definitions (*.json) in {hooks_dir}; set CDS_HOOKS_DIR")
     return services
 
 

@@ -199,3 +199,47 @@ def test_prefetch_for_non_lumbar_orders_is_never_read(client):
     request["prefetch"]["conditions"] = {"entry": "not even a bundle"}
     response = client.post(SELECT, json=request)
     assert response.status_code == 200 and response.get_json() == {"cards": []}
+
+
+def test_observations_outside_their_look_back_window_are_not_read(app):
+    request = load_request("infection-fever-ivdu")
+    old = json.loads(json.dumps(request["prefetch"]["observations"]["entry"][0]))
+    old["resource"].update(id="o-temp-old", effectiveDateTime="2026-04-01T08:00:00Z")
+    request["prefetch"]["observations"]["entry"].append(old)
+    assert [o.id for o in evaluate(app, request).record.observations] == ["o-temp"]
+
+
+def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(app):
+    """An _include'd Encounter whose `code` is not a CodeableConcept breaks the one-pass decode;
+    the careful path skips it and keeps everything else."""
+    request = load_request("cancer-history")
+    request["prefetch"]["conditions"]["entry"].append(
+        {"resource": {"resourceType": "Encounter", "id": "e1", "code": "AMB", "type": [{"text": "visit"}]},
+         "search": {"mode": "include"}})
+    record = evaluate(app, request).record
+    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+
+
+def test_fast_and_careful_decoding_build_the_same_record(app):
+    from cds_service.patient_data import decode_hook_request
+    from cds_service.protocol import HookRequest, decode
+
+    body = json.dumps(load_request("low-egfr-contrast")).encode()
+    rt = app.extensions["cds"]
+    service = rt.services["lumbar-mri-order-select"]
+    fast = rt.evaluator.evaluate(service, decode_hook_request(body)).record
+    careful = rt.evaluator.evaluate(service, decode(body, HookRequest)).record
+    dump = lambda record: [m.model_dump_json() for m in [record.patient, *record.conditions, *record.observations,
+                                                          *record.procedures, *record.service_requests, *record.devices]]
+    assert dump(fast) == dump(careful) and fast.kept == careful.kept > 0
+
+
+def test_fixture_requests_are_built_from_the_patient_records():
+    """fixtures/requests/ is generated from fixtures/patients/ and scenarios.json: never edited by hand."""
+    import subprocess
+    import sys
+
+    from conftest import FIXTURES
+
+    result = subprocess.run([sys.executable, str(FIXTURES / "build_requests.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
