@@ -36,11 +36,13 @@ class Thresholds:
     conservative_care_days: int = 42  # "6 weeks of optimal medical management" (ACR V3)
     repeat_imaging_months: int = 12  # repeat lumbar MRI look-back (project heuristic, ACP 2011)
     elderly_age: int = 65  # ACR V6 "elderly" (older ACR text: >70)
+    cancer_risk_age: int = 50  # a weaker cancer risk factor (ACP 2007 table 1)
     adult_age: int = 18  # the service serves adults only (paediatric back pain: ACR topic 230)
     egfr_low: float = 30.0  # mL/min/1.73 m2 (ACR-NKF GBCA consensus 2021)
     egfr_lookback_days: int = 90
     fever_celsius: float = 38.0
     infection_signs_lookback_days: int = 14  # temperature, ESR, CRP
+    recent_infection_days: int = 90  # bacteraemia, sepsis, UTI count as "recent"
     red_flag_recent_days: int = 14  # bladder/bowel finding counts as "new" within this window
     aki_lookback_days: int = 30
     pregnancy_lookback_days: int = 30  # pregnancy status and urine hCG observations
@@ -59,6 +61,7 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     sandbox_system_actions: bool = True  # also emit extension.systemActions (the sandbox reads only that)
     public_base_url: str | None = None  # external URL behind a proxy (JWT `aud`)
+    site_codes: Path | None = None  # order codes for suggested studies; default knowledge/site_codes.json
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -90,6 +93,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_MAX_BODY_BYTES": ("max_body_bytes", int),
     "CDS_SANDBOX_SYSTEM_ACTIONS": ("sandbox_system_actions", _bool),
     "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
+    "CDS_SITE_CODES": ("site_codes", Path),
 }
 
 _THRESHOLD_PREFIX = "CDS_THRESHOLD_"  # e.g. CDS_THRESHOLD_ELDERLY_AGE=70

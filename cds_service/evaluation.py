@@ -12,7 +12,10 @@ from typing import Any, Callable
 from .configuration import Settings
 from .fhir_client import FhirClient, ConnectionPools
 from .knowledge import Knowledge, OrderedStudy
-from .patient_data import PatientRecord, build_record
+from .cards import Presenter, load_site_codes
+from .knowledge.facts import FactReader
+from .knowledge.rules import Assessment, assess
+from .patient_data import PatientRecord, build_record, draft_order_model
 from .protocol import CdsError, HookRequest
 from .services import ServiceDefinition
 
@@ -40,9 +43,16 @@ class Evaluation:
     response: dict[str, Any]
     orders: list[OrderUnderReview] = field(default_factory=list)
     record: PatientRecord | None = None
-    rules_fired: list[str] = field(default_factory=list)
-    ratings: list[str] = field(default_factory=list)
+    assessments: list[Assessment] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rules_fired(self) -> list[str]:
+        return sorted({rule for assessment in self.assessments for rule in assessment.fired})
+
+    @property
+    def ratings(self) -> list[str]:
+        return [assessment.rating for assessment in self.assessments]
 
 
 class Evaluator:
@@ -53,9 +63,11 @@ class Evaluator:
         *,
         clock: Clock = utc_now,
         fhir_client_factory: Callable[..., FhirClient] = FhirClient,
+        presenter: Presenter | None = None,
     ) -> None:
         self.settings = settings
         self.knowledge = knowledge
+        self.presenter = presenter or Presenter(load_site_codes(settings.site_codes), settings.sandbox_system_actions)
         self.clock = clock
         self.fhir_client_factory = fhir_client_factory
         self.fhir_pools = ConnectionPools()
@@ -71,7 +83,20 @@ class Evaluator:
         record = build_record(request, service, self.settings, reading_list, self.fhir_client_factory, self.fhir_pools)
         fetched = time.perf_counter()
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
-        evaluation.timings_ms = {"patient_data": (fetched - started) * 1000}
+        reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now)
+        cards: list[dict[str, Any]] = []
+        actions: list[dict[str, Any]] = []
+        for order in orders:
+            model = draft_order_model(order.resource, record.patient_id, record.data_quality)
+            assessment = assess(reader.read(record, order.resource, model, order.study), self.settings.thresholds)
+            evaluation.assessments.append(assessment)
+            cards += self.presenter.cards(assessment, order.resource)
+            actions.append(self.presenter.rating_action(assessment, order.resource))
+        evaluation.response = {"cards": cards, "systemActions": actions}
+        if self.settings.sandbox_system_actions:
+            evaluation.response["extension"] = {"systemActions": actions}  # the sandbox reads only this
+        evaluation.timings_ms = {"patient_data": (fetched - started) * 1000,
+                                 "rules_and_cards": (time.perf_counter() - fetched) * 1000}
         return evaluation
 
     def orders_to_evaluate(self, service: ServiceDefinition, request: HookRequest) -> list[OrderUnderReview]:

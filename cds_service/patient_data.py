@@ -12,6 +12,7 @@ models. Entered-in-error and refuted resources, and resources of another patient
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
@@ -124,6 +125,7 @@ class _Resource(msgspec.Struct):
     intent: msgspec.Raw | _Unset = UNSET
     priority: msgspec.Raw | _Unset = UNSET
     authoredOn: msgspec.Raw | _Unset = UNSET
+    reasonReference: msgspec.Raw | _Unset = UNSET
     occurrenceDateTime: msgspec.Raw | _Unset = UNSET
     occurrencePeriod: msgspec.Raw | _Unset = UNSET
     reasonCode: msgspec.Raw | _Unset = UNSET
@@ -518,7 +520,7 @@ PROJECTION: dict[str, tuple[str, ...]] = {
                     "effectiveInstant", "issued", "valueQuantity", "valueCodeableConcept", "valueString",
                     "valueBoolean", "interpretation", "referenceRange", "bodySite"),
     "ServiceRequest": ("id", "status", "intent", "category", "priority", "code", "subject", "authoredOn",
-                       "occurrenceDateTime", "occurrencePeriod", "bodySite", "reasonCode"),
+                       "occurrenceDateTime", "occurrencePeriod", "bodySite", "reasonCode", "reasonReference"),
     "Procedure": ("id", "status", "category", "code", "subject", "performedDateTime", "performedPeriod",
                   "performedString", "bodySite"),
     "Device": ("id", "status", "type", "safety", "deviceName", "patient"),
@@ -526,6 +528,13 @@ PROJECTION: dict[str, tuple[str, ...]] = {
 
 
 _ALWAYS_PROJECTED = ("subject", "patient", "verificationStatus")  # for the checks before typing
+
+
+def draft_order_model(order: dict[str, Any], patient_id: str, notes: list[str]) -> Any | None:
+    """The typed R4B model of a draft order as the client sent it (the elements the rules read)."""
+    data = {key: copy.deepcopy(order[key]) for key in PROJECTION["ServiceRequest"] if key in order}
+    data["resourceType"] = "ServiceRequest"
+    return typed_model("ServiceRequest", data, patient_id, notes)
 
 
 def projection(resource: _Resource, elements: frozenset[str] = frozenset({"*"})) -> dict[str, Any]:

@@ -9,17 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from .orders import OrderedStudy, codings_of
 from .value_sets import DIRECTORY, SNOMED, ReadingList, ValueSet, load_value_sets, normalise
-
-
-@dataclass(frozen=True)
-class OrderedStudy:
-    """The lumbar MRI a draft order asks for."""
-
-    system: str
-    code: str
-    display: str
-    contrast: str  # without | with | without-and-with | unspecified
 
 
 class Knowledge:
@@ -52,13 +43,3 @@ class Knowledge:
                     contrast_kind = "with" if key[1] == "431985004" else "unspecified"
                     return OrderedStudy(key[0], key[1], generic["codes"][key[1]], contrast_kind)
         return None
-
-
-def codings_of(concept: Any) -> list[dict[str, Any]]:
-    """The codings of a CodeableConcept given as an untrusted dict."""
-    if not isinstance(concept, Mapping):
-        return []
-    codings = concept.get("coding")
-    if not isinstance(codings, list):
-        return []
-    return [coding for coding in codings if isinstance(coding, Mapping)]

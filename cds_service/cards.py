@@ -1,0 +1,253 @@
+"""Cards: an assessment presented as CDS Hooks 2.0 cards and the rating written back to the order.
+
+Presentation only: what to say was decided by the rules (knowledge/rules.py). Every card has a
+uuid, a summary under 140 characters, Markdown detail naming the evidence and the guideline,
+a source with a topic, absolute links to the guidelines, suggestions with uuids and a
+selectionBehavior, and override reasons with displays.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .knowledge.facts import Evidence, Facts
+from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, UNA
+from .knowledge.rules import DEFER, REPEAT, Assessment, Finding, Proposal, rating_for
+
+TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"
+OVERRIDE_SYSTEM = "urn:lumbar-mri-cds:override-reason"
+ACR_CATEGORY_SYSTEM = "urn:lumbar-mri-cds:acr-category"
+PAMA_RATING = "http://fhir.org/argonaut/Extension/pama-rating"
+PAMA_CONSULT_ID = "http://fhir.org/argonaut/Extension/pama-rating-consult-id"
+PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
+_PAMA_EXTENSIONS = {PAMA_RATING, PAMA_CONSULT_ID, "http://fhir.org/argonaut/Extension/pama-rating-qcdsm-consulted",
+                    "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"}
+SOURCE_LABEL = "Lumbar MRI appropriateness (ACR 2021, ACP, NICE NG59)"
+DEFAULT_SITE_CODES = Path(__file__).resolve().parent / "knowledge" / "site_codes.json"
+
+TOPICS = {
+    "defer-imaging": "Defer imaging",
+    "urgent-imaging": "Urgent imaging",
+    "ct-alternative": "CT alternative",
+    "imaging-appropriate": "Imaging appropriate",
+    "intervention-candidacy": "Surgery or injection candidacy",
+    "prior-lumbar-surgery": "Prior lumbar surgery",
+    "fracture-risk": "Fracture risk",
+    "cancer-risk-factors": "Cancer risk factors",
+    "contrast-choice": "Contrast choice",
+    "gadolinium-kidney": "Gadolinium and kidney function",
+    "gadolinium-pregnancy": "Gadolinium in pregnancy",
+    "mri-safety": "MRI safety",
+    "claustrophobia": "Claustrophobia",
+}
+RATING_DISPLAYS = {"appropriate": "Appropriate", "not-appropriate": "Not appropriate",
+                   "no-criteria-apply": "No criteria apply"}
+
+_OVERRIDES = {
+    "defer-imaging": [
+        ("red-flag-not-in-record", "Red flag present, not yet documented"),
+        ("progressive-neuro-deficit-on-exam", "Progressive neurological deficit on examination"),
+        ("surgical-or-esi-candidate", "Surgery or injection candidate"),
+        ("specialist-request", "Requested by a specialist"),
+        ("prior-imaging-unavailable-or-inadequate", "Prior imaging unavailable or inadequate"),
+        ("patient-informed-decision", "Informed decision with the patient"),
+        ("other", "Other reason"),
+    ],
+    "urgent-imaging": [
+        ("red-flag-excluded-on-assessment", "Red flag excluded on assessment"),
+        ("imaging-already-arranged", "Urgent imaging already arranged"),
+        ("patient-informed-decision", "Informed decision with the patient"),
+        ("other", "Other reason"),
+    ],
+    "ct-alternative": [
+        ("mr-status-verified-conditional", "MR status verified: MRI can proceed"),
+        ("radiology-consulted", "Discussed with radiology"),
+        ("other", "Other reason"),
+    ],
+}
+_GENERIC_OVERRIDES = [("not-relevant", "Not relevant for this patient"), ("other", "Other reason")]
+_RED_FLAG_CHECKLIST = ("new bladder or bowel dysfunction, saddle numbness, progressive or severe weakness, a history "
+                       "of cancer or unexplained weight loss, fever, IV drug use, immunosuppression, significant "
+                       "trauma or osteoporosis, lumbar surgery")
+
+
+class SiteCodeError(ValueError):
+    pass
+
+
+def load_site_codes(path: Path | None) -> dict[str, list[dict[str, Any]]]:
+    """The site code map; an override file needs only the entries it changes."""
+    codes = json.loads(DEFAULT_SITE_CODES.read_text(encoding="utf-8"))
+    if path is not None:
+        try:
+            codes.update(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise SiteCodeError(f"CDS_SITE_CODES: {exc}") from None
+    codes.pop("_about", None)
+    for name, orders in codes.items():
+        if not isinstance(orders, list) or not orders or not all(
+                isinstance(o, dict) and {"system", "code", "display"} <= set(o.get("coding", {})) for o in orders):
+            raise SiteCodeError(f"site code {name!r}: a list of orders, each with coding.system, code and display")
+    return codes
+
+
+@dataclass
+class Presenter:
+    site_codes: dict[str, list[dict[str, Any]]]
+    sandbox_system_actions: bool = True
+    new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())
+
+    # --- the rating (R-18) -------------------------------------------------------------------
+    def rated_copy(self, order: dict[str, Any], rating: str, category: str | None) -> dict[str, Any]:
+        """The order with the Argonaut PAMA rating extensions and no other change."""
+        resource = copy.deepcopy(order)
+        kept = [e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)]
+        rating_codings = [{"system": PAMA_RATING_SYSTEM, "code": rating, "display": RATING_DISPLAYS[rating]}]
+        if category:
+            rating_codings.append({"system": ACR_CATEGORY_SYSTEM, "code": category, "display": CATEGORY_NAMES[category]})
+        resource["extension"] = kept + [
+            {"url": PAMA_RATING, "valueCodeableConcept": {"coding": rating_codings}},
+            {"url": PAMA_CONSULT_ID, "valueUri": f"urn:uuid:{self.new_uuid()}"},
+        ]
+        return resource
+
+    def rating_action(self, assessment: Assessment, order: dict[str, Any]) -> dict[str, Any]:
+        variant = f", {assessment.variant.name}" if assessment.variant else ""
+        return {
+            "type": "update",
+            "description": f"Record the appropriateness rating: {RATING_DISPLAYS[assessment.rating]}{variant} "
+                           "(ACR Appropriateness Criteria, Low Back Pain)",
+            "resource": self.rated_copy(order, assessment.rating, assessment.category),
+        }
+
+    # --- cards --------------------------------------------------------------------------------
+    def cards(self, assessment: Assessment, order: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self._card(finding, assessment, order) for finding in assessment.findings]
+
+    def _card(self, finding: Finding, assessment: Assessment, order: dict[str, Any]) -> dict[str, Any]:
+        topic = finding.card_topic
+        card: dict[str, Any] = {
+            "uuid": self.new_uuid(),
+            "summary": finding.summary,
+            "indicator": finding.indicator,
+            "detail": self._detail(finding, assessment),
+            "source": {"label": SOURCE_LABEL, "url": ACR_LBP.url,
+                       "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": TOPICS[topic]}},
+        }
+        suggestions = [self._suggestion(p, finding, assessment, order) for p in finding.proposals]
+        if suggestions:
+            card["suggestions"] = suggestions
+            card["selectionBehavior"] = "at-most-one"
+        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+                                   for code, display in _OVERRIDES.get(topic, _GENERIC_OVERRIDES)]
+        card["links"] = [{"label": c.label, "url": c.url, "type": "absolute"} for c in finding.rule.citations]
+        return card
+
+    def _detail(self, finding: Finding, assessment: Assessment) -> str:
+        facts = assessment.facts
+        lines = [finding.advice, ""]
+        if finding.evidence:
+            lines += ["**Recorded:**", *(f"- {e.describe()}" for e in finding.evidence), ""]
+        also = finding.also + [e for other in assessment.other_red_flags for e in other.evidence]
+        if also:
+            lines += ["**Also recorded:**", *(f"- {e.describe()}" for e in _unique(also)), ""]
+        variant = finding.rule.variant if finding is assessment.primary else None
+        if variant is not None and facts.study is not None:
+            category = assessment.category or UA
+            lines.append(f"**Guideline:** ACR Appropriateness Criteria, Low Back Pain (2021), variant {variant.number}: "
+                         f"{variant.title}. Ordered: {facts.study.display} ({facts.study.code}): {CATEGORY_NAMES[category]}.")
+        elif finding.rule.citations:
+            lines.append(f"**Guideline:** {finding.rule.citations[0].label}.")
+        if finding.rule.group in (DEFER, REPEAT):
+            lines += ["", f"**No red flag is recorded.** Checked for: {_RED_FLAG_CHECKLIST}. The absence of a recorded "
+                          "red flag is not the absence of one: if any is present, override and keep the order.",
+                      "", "**Looked at:** " + _looked_at(facts)]
+        lines += ["", f"_Rule {finding.rule.id}: {finding.rule.title}._"]
+        return "\n".join(lines).strip()
+
+    # --- suggestions --------------------------------------------------------------------------
+    def _suggestion(self, proposal: Proposal, finding: Finding, assessment: Assessment, order: dict[str, Any]) -> dict[str, Any]:
+        reference = f"ServiceRequest/{order.get('id')}"
+        actions: list[dict[str, Any]]
+        if proposal.kind == "set-priority":
+            resource = self.rated_copy(order, assessment.rating, assessment.category)
+            resource["priority"] = proposal.value
+            actions = [{"type": "update", "description": f"Set the MRI order's priority to {proposal.value}", "resource": resource}]
+        elif proposal.kind == "replace-study":
+            site = self.site_codes[proposal.value][0]
+            category = _category_of(site, assessment)
+            resource = self.rated_copy(order, rating_for(category), category)
+            resource["code"] = {"coding": [dict(site["coding"])], "text": site["coding"]["display"]}
+            description = f"Change the order to {site['coding']['display']}"
+            if proposal.priority:
+                resource["priority"] = proposal.priority
+                description += f", priority {proposal.priority}"
+            actions = [{"type": "update", "description": description, "resource": resource}]
+        elif proposal.kind == "remove-order":
+            actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
+            if proposal.value:
+                actions += [{"type": "create", "description": f"Order {o['coding']['display']}",
+                             "resource": self._new_order(o, order)} for o in self.site_codes[proposal.value]]
+        elif proposal.kind == "add-orders":
+            actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
+            actions += [{"type": "create", "description": f"Order {o['coding']['display']}",
+                         "resource": self._new_order(o, order)} for o in self.site_codes[proposal.value]]
+        else:  # pragma: no cover - a rule proposing an unknown kind is a programming error
+            raise ValueError(proposal.kind)
+        suggestion: dict[str, Any] = {"label": proposal.label, "uuid": self.new_uuid(), "actions": actions}
+        if proposal.recommended:
+            suggestion["isRecommended"] = True
+        return suggestion
+
+    @staticmethod
+    def _new_order(site_order: dict[str, Any], draft: dict[str, Any]) -> dict[str, Any]:
+        resource: dict[str, Any] = {
+            "resourceType": "ServiceRequest",
+            "status": "draft",
+            "intent": "proposal",
+            "code": {"coding": [dict(site_order["coding"])], "text": site_order["coding"]["display"]},
+        }
+        for name in ("subject", "encounter", "reasonCode", "reasonReference"):
+            if draft.get(name):
+                resource[name] = copy.deepcopy(draft[name])
+        return resource
+
+
+def _category_of(site: dict[str, Any], assessment: Assessment) -> str | None:
+    """The ACR category of a suggested study in the assessment's variant."""
+    variant = assessment.variant
+    modality = site.get("modality")
+    if modality == "mri":
+        return variant.mri_category(site.get("contrast", "without")) if variant else UA
+    if modality == "ct":
+        return variant.ct_without if variant else MBA
+    if modality == "xr":
+        return UA if variant is not None and variant.number in (5, 6) else MBA
+    return None
+
+
+def _looked_at(facts: Facts) -> str:
+    counts = facts.looked_at
+    parts = [f"{counts.get('conditions', 0)} relevant problem(s)",
+             f"{counts.get('observations', 0)} recent temperature, kidney, pregnancy or inflammatory result(s)",
+             f"{counts.get('orders', 0)} relevant order(s) and {counts.get('procedures', 0)} procedure(s) "
+             "(conservative care, injections, prior imaging, spine surgery)",
+             f"{counts.get('devices', 0)} device(s)"]
+    text = "; ".join(parts) + "."
+    if facts.unavailable:
+        text += " Not available: " + ", ".join(facts.unavailable) + "."
+    return text
+
+
+def _unique(evidence: list[Evidence]) -> list[Evidence]:
+    seen, result = set(), []
+    for item in evidence:
+        key = (item.resource_type, item.id, item.label)
+        if key not in seen:
+            seen.add(key)
+            result.append(item)
+    return result

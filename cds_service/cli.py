@@ -1,0 +1,117 @@
+"""`cds-service`: the service's command line.
+
+    cds-service evaluate REQUEST.json [--now 2026-06-01T12:00:00Z] [--service ID] [--json]
+
+prints, for each evaluated order, the rating, the rules that fired with their evidence, and the
+cards, so that a clinical informaticist can review the logic without an EHR. Nothing is stored.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .configuration import load_settings
+from .protocol import CdsError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cds-service", description="Lumbar spine MRI appropriateness (CDS Hooks 2.0)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    evaluate = commands.add_parser("evaluate", help="evaluate a hook request file and explain the result")
+    evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON), e.g. fixtures/requests/cauda-equina.json")
+    evaluate.add_argument("--now", help="evaluate as of this instant (ISO 8601), e.g. the fixtures' 2026-06-01T12:00:00Z")
+    evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")
+    evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response instead of the report")
+    args = parser.parse_args(argv)
+    return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import Evaluator
+    from .knowledge import Knowledge
+    from .patient_data import decode_hook_request
+    from .services import load_services
+
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
+    except ValueError:
+        print(f"--now: not an ISO 8601 instant: {args.now}", file=sys.stderr)
+        return 2
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    settings = load_settings()
+    services = load_services(settings.hooks_dir)
+    try:
+        body = args.request.read_bytes()
+    except OSError as exc:
+        print(f"{args.request}: {exc.strerror}", file=sys.stderr)
+        return 2
+    evaluator = Evaluator(settings, Knowledge(), clock=lambda: now)
+    try:
+        request = decode_hook_request(body)
+        service = services.get(args.service) if args.service else next(
+            (s for s in services.values() if s.hook == request.hook), None)
+        if service is None:
+            raise CdsError(404, f"no service for {args.service or request.hook!r}")
+        evaluation = evaluator.evaluate(service, request)
+    except CdsError as error:
+        for issue in error.outcome["issue"]:
+            print(f"{error.status}: {issue['diagnostics']}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(evaluation.response, indent=2))
+        return 0
+    print(report(service.id, request.hookInstance, now, evaluation))
+    return 0
+
+
+def report(service_id: str, hook_instance: str, now: datetime, evaluation: Any) -> str:
+    lines = [f"Service {service_id}  hookInstance {hook_instance}  evaluated as of {now.isoformat()}"]
+    if not evaluation.orders:
+        lines.append("No draft lumbar spine MRI order to evaluate: no cards, no rating.")
+        return "\n".join(lines)
+    from .knowledge.guidelines import CATEGORY_NAMES
+    from .knowledge.rules import RULES_BY_ID
+
+    for order, assessment in zip(evaluation.orders, evaluation.assessments):
+        study, facts = order.study, assessment.facts
+        lines += ["", f"Order {order.reference}: {study.display} ({study.code})"]
+        category = f", ACR {CATEGORY_NAMES[assessment.category]}" if assessment.category else ""
+        variant = f", {assessment.variant.name}" if assessment.variant else ""
+        lines.append(f"  Rating: {assessment.rating}{category}{variant}")
+        lines.append("  Rules fired:")
+        lines += [f"    {rule_id}  {RULES_BY_ID[rule_id].title}" for rule_id in assessment.fired]
+        lines.append("  Facts:")
+        lines.append(f"    age: {facts.age if facts.age is not None else 'not recorded'}")
+        episode = (f"{facts.episode_start.isoformat()} ({facts.episode_days} days)" if facts.episode_start else "not recorded")
+        lines.append(f"    episode start: {episode}")
+        for name in ("indication", "cauda_equina", "ces_signs", "severe_deficit", "weakness", "cancer", "spinal_metastasis",
+                     "weight_loss", "spinal_infection", "fever", "iv_drug_use", "recent_infection", "sepsis",
+                     "raised_markers", "immunosuppression", "fracture_risk", "vertebral_fracture", "lumbar_surgery",
+                     "conservative_care", "candidacy", "prior_imaging", "implants", "conditional_devices",
+                     "claustrophobia", "pregnancy", "low_egfr"):
+            for evidence in getattr(facts, name):
+                lines.append(f"    {name.replace('_', ' ')}: {evidence.describe()}")
+        if facts.unavailable:
+            lines.append(f"    not available: {', '.join(facts.unavailable)}")
+    cards = evaluation.response.get("cards", [])
+    lines += ["", f"Cards ({len(cards)}):"]
+    for card in cards:
+        lines.append(f"  [{card['indicator'].upper()}] {card['source']['topic']['code']}: {card['summary']}")
+        for paragraph in card.get("detail", "").split("\n"):
+            lines += textwrap.wrap(paragraph, 100, initial_indent="      ", subsequent_indent="      ") or [""]
+        for suggestion in card.get("suggestions", []):
+            mark = " (recommended)" if suggestion.get("isRecommended") else ""
+            lines.append(f"    suggestion{mark}: {suggestion['label']}")
+            for action in suggestion.get("actions", []):
+                lines.append(f"      {action['type']}: {action['description']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
