@@ -38,6 +38,7 @@ TOPICS = {
     "prior-lumbar-surgery": "Prior lumbar surgery",
     "fracture-risk": "Fracture risk",
     "cancer-risk-factors": "Cancer risk factors",
+    "infection-risk-factors": "Infection risk factors",
     "contrast-choice": "Contrast choice",
     "gadolinium-kidney": "Gadolinium and kidney function",
     "gadolinium-pregnancy": "Gadolinium in pregnancy",

@@ -121,9 +121,17 @@ def _malignancy(f: Facts, t: Thresholds) -> Finding | None:
 
 
 def _infection(f: Facts, t: Thresholds) -> Finding | None:
-    if not f.spinal_infection and not f.fever:
-        return None
     cofactors = f.iv_drug_use + f.recent_infection + f.immunosuppression + f.raised_markers
+    if not f.spinal_infection and not f.fever:
+        risk = f.iv_drug_use + f.recent_infection + f.raised_markers
+        if not risk:
+            return None
+        return Finding(RULES_BY_ID["R-04"], risk, "info",
+                       "Spinal infection risk factor recorded: check for fever; imaging is not deferred",
+                       "IV drug use, a recent systemic infection or raised inflammatory markers are risk factors for "
+                       "vertebral infection (ACP 2007 table 1; NASS and ACEP Choosing Wisely). With fever, back pain "
+                       "and such a factor, MRI without and with contrast is indicated now (ACR variant 7).",
+                       topic="infection-risk-factors")
     critical = bool(f.sepsis or f.severe_deficit or f.weakness or f.ces_signs)
     return Finding(RULES_BY_ID["R-04"], f.spinal_infection + f.fever, "critical" if critical else "warning",
                    "Possible spinal infection: urgent MRI" + (" today" if critical else "") + ", with and without contrast",
@@ -227,7 +235,15 @@ def _acute(f: Facts, t: Thresholds) -> Finding | None:
                    "Most episodes improve with conservative care: advise activity, and consider physical therapy; "
                    "reassess at 6 weeks.",
                    [Proposal("remove-order", "pt_referral", "Remove the MRI order and refer to physical therapy", recommended=True),
-                    Proposal("remove-order", None, "Remove the MRI order")])
+                    Proposal("remove-order", None, "Remove the MRI order")],
+                   also=_weaker_factors(f))
+
+
+def _weaker_factors(f: Facts) -> list[Evidence]:
+    """Named on a deferral card: ACP 2011 defers imaging for a weaker cancer risk factor alone,
+    suggesting radiographs and ESR after about a month without improvement."""
+    return [Evidence(e.resource_type, e.id, e.label + " (weaker cancer risk factor: radiographs and ESR if no "
+                     "improvement after about a month)", e.when) for e in f.weight_loss]
 
 
 def _no_conservative_care(f: Facts, t: Thresholds) -> Finding | None:
@@ -243,7 +259,8 @@ def _no_conservative_care(f: Facts, t: Thresholds) -> Finding | None:
                    "appropriate (ACR variants 1 and 2). Start and document 6 weeks of conservative care (physical "
                    "therapy, activity, analgesia); image if symptoms persist and surgery or injection is considered.",
                    [Proposal("remove-order", "pt_referral", "Remove the MRI order and refer to physical therapy", recommended=True),
-                    Proposal("remove-order", None, "Remove the MRI order")])
+                    Proposal("remove-order", None, "Remove the MRI order")],
+                   also=_weaker_factors(f))
 
 
 # --- safety and modality (only when imaging goes ahead) -----------------------------------------
