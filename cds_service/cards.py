@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import orjson
+
 from .knowledge.facts import Evidence, Facts
 from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, UNA
 from .knowledge.rules import DEFER, REPEAT, Assessment, Finding, Proposal, rating_for
@@ -105,7 +107,7 @@ class Presenter:
     # --- the rating (R-18) -------------------------------------------------------------------
     def rated_copy(self, order: dict[str, Any], rating: str, category: str | None) -> dict[str, Any]:
         """The order with the Argonaut PAMA rating extensions and no other change."""
-        resource = copy.deepcopy(order)
+        resource = orjson.loads(orjson.dumps(order))  # a deep copy: JSON data, several times faster than deepcopy
         kept = [e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)]
         rating_codings = [{"system": PAMA_RATING_SYSTEM, "code": rating, "display": RATING_DISPLAYS[rating]}]
         if category:

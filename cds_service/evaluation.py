@@ -79,7 +79,8 @@ class Evaluator:
         if not orders:
             return Evaluation(response={"cards": []})
         now = self.clock()
-        reading_list = self.knowledge.reading_list.within(now, self.settings.thresholds)
+        contrast = any(order.study.uses_contrast for order in orders)
+        reading_list = self.knowledge.reading_list.within(now, self.settings.thresholds, contrast_ordered=contrast)
         record = build_record(request, service, self.settings, reading_list, self.fhir_client_factory, self.fhir_pools)
         fetched = time.perf_counter()
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)

@@ -175,8 +175,10 @@ _EXCLUDED_VERIFICATION = {"entered-in-error", "refuted"}
 class ReadingList(Protocol):
     """Which resources the rules read; supplied by the clinical knowledge."""
 
-    def reads(self, resource_type: str, codings: Sequence[SlimCoding], when: str | None = None) -> frozenset[str] | None:
-        """The element names the rules read ({"*"} for all of PROJECTION), or None to skip it."""
+    def reads(self, resource_type: str, codings: Sequence[SlimCoding], when: str | None = None,
+              value: Any = None) -> frozenset[str] | None:
+        """The element names the rules read ({"*"} for all of PROJECTION); an empty set when the
+        resource was checked but cannot change a decision; None when it is not read at all."""
 
 
 class PrefetchedHookRequest(HookRequest):
@@ -215,6 +217,7 @@ class PatientRecord:
     data_quality: list[str] = field(default_factory=list)  # no values, only what was repaired or dropped
     seen: int = 0  # resources decoded
     kept: int = 0  # resources given typed models
+    checked: int = 0  # matched the reading list, looked at, but could not change a decision (not typed)
 
     @property
     def fallback_used(self) -> bool:
@@ -235,6 +238,7 @@ class PatientRecord:
         self.data_quality += part.data_quality
         self.seen += part.seen
         self.kept += part.kept
+        self.checked += part.checked
 
     def _bucket(self, resource_type: str) -> list[Any] | None:
         return {
@@ -457,9 +461,14 @@ def _read_resource(resource: _Resource, record: PatientRecord, reading_list: Rea
     if resource_type == "Patient":
         elements = EVERYTHING
     else:
-        when = resource.when if resource_type == "Observation" else None
-        elements = reading_list.reads(resource_type, resource.code.coding if resource.code else (), when)
-        if elements is None:
+        if resource_type == "Observation":
+            elements = reading_list.reads(resource_type, resource.code.coding if resource.code else (), resource.when,
+                                          resource.valueQuantity)
+        else:
+            elements = reading_list.reads(resource_type, resource.code.coding if resource.code else ())
+        if not elements:
+            if elements is not None:
+                record.checked += 1
             return
     try:
         data = projection(resource, elements)
@@ -471,8 +480,8 @@ def _read_resource(resource: _Resource, record: PatientRecord, reading_list: Rea
     if not _belongs_to(resource_type, data, record.patient_id):
         record.data_quality.append(f"{resource_type} for another patient ignored")
         return
-    if "*" not in elements:
-        data.pop("subject", None)  # checked above; not read by the rules
+    for checked in _ALWAYS_PROJECTED:  # used by the checks above; no rule reads them
+        data.pop(checked, None)
     model = typed_model(resource_type, data, record.patient_id, record.data_quality)
     if model is None:
         return
@@ -530,9 +539,13 @@ PROJECTION: dict[str, tuple[str, ...]] = {
 _ALWAYS_PROJECTED = ("subject", "patient", "verificationStatus")  # for the checks before typing
 
 
+_DRAFT_ELEMENTS = ("id", "status", "intent", "subject", "reasonCode", "reasonReference")
+
+
 def draft_order_model(order: dict[str, Any], patient_id: str, notes: list[str]) -> Any | None:
-    """The typed R4B model of a draft order as the client sent it (the elements the rules read)."""
-    data = {key: copy.deepcopy(order[key]) for key in PROJECTION["ServiceRequest"] if key in order}
+    """The typed R4B model of a draft order as the client sent it: the elements the rules read
+    (its reasons; the ordered study is already known from its code)."""
+    data = {key: copy.deepcopy(order[key]) for key in _DRAFT_ELEMENTS if key in order}
     data["resourceType"] = "ServiceRequest"
     return typed_model("ServiceRequest", data, patient_id, notes)
 

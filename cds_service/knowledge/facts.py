@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from ..configuration import Thresholds
 from .orders import OrderedStudy
+from .units import celsius
 from .value_sets import ValueSet
 
 INACTIVE_CLINICAL = {"inactive", "remission", "resolved"}
@@ -191,17 +192,8 @@ def age_on(birth: Any, today: date) -> int | None:
     return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
-def celsius(quantity: Any) -> float | None:
-    """A body temperature in degrees Celsius, from Celsius or Fahrenheit (UCUM or common text)."""
-    if quantity is None or quantity.value is None:
-        return None
-    value = float(quantity.value)
-    unit = f"{quantity.code or ''} {quantity.unit or ''}".lower()
-    if "degf" in unit or "°f" in unit or unit.strip() in {"f", "f f"} or "fahrenheit" in unit:
-        return (value - 32) * 5 / 9
-    if "cel" in unit or "°c" in unit or unit.strip() in {"c", "c c"} or "celsius" in unit:
-        return value
-    return (value - 32) * 5 / 9 if value > 50 else value  # no unit: a plausible human temperature decides
+def quantity_celsius(quantity: Any) -> float | None:
+    return None if quantity is None else celsius(quantity.value, quantity.code, quantity.unit)
 
 
 def quantity_text(quantity: Any) -> str:
@@ -227,7 +219,7 @@ class FactReader:
         facts.age = age_on(record.patient.birthDate, self.today) if record.patient else None
         facts.looked_at = {
             "conditions": len(record.conditions),
-            "observations": len(record.observations),
+            "observations": len(record.observations) + record.checked,
             "orders": len(record.service_requests),
             "procedures": len(record.procedures),
             "devices": len(record.devices),
@@ -343,7 +335,7 @@ class FactReader:
         for observation in observations:
             when = observation_date(observation)
             if in_value_set(observation.code, temperature):
-                degrees = celsius(observation.valueQuantity)
+                degrees = quantity_celsius(observation.valueQuantity)
                 if degrees is not None and degrees >= self.t.fever_celsius and (when is None or when >= cutoff):
                     shown = quantity_text(observation.valueQuantity)
                     if "cel" not in shown.lower() and "°c" not in shown.lower():

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
+
+import msgspec
+
+from .units import celsius
 
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
@@ -33,6 +38,16 @@ _SYSTEM_ALIASES = {
 
 DIRECTORY = Path(__file__).resolve().parent / "value_sets"
 EVERYTHING: frozenset[str] = frozenset({"*"})  # the rules may read any element of the resource
+CHECKED: frozenset[str] = frozenset()  # matched and looked at, but it cannot change a decision: not read
+
+
+class _Quantity(msgspec.Struct):
+    value: float | None = None
+    unit: str | None = None
+    code: str | None = None
+
+
+_quantity = msgspec.json.Decoder(_Quantity)
 
 
 class HasCoding(Protocol):
@@ -40,6 +55,7 @@ class HasCoding(Protocol):
     code: Any
 
 
+@lru_cache(maxsize=65536)
 def normalise(system: str | None, code: str | None) -> tuple[str, str] | None:
     if not system or not code:
         return None
@@ -165,6 +181,8 @@ class ReadingList:
     def __init__(self, value_sets: Mapping[str, ValueSet], cutoffs: Mapping[str, str] | None = None) -> None:
         self._value_sets = value_sets
         self._cutoffs = dict(cutoffs or {})  # value set id -> earliest ISO date still read
+        self._floors: dict[str, float] = {}  # value set id -> lowest value still read
+        self._within: dict[tuple[Any, ...], ReadingList] = {}
         # resource type -> (system, code) -> value set ids; and system -> [(prefix, id)], [(low, high, id)]
         self._codes: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
         self._prefixes: dict[str, dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]]] = {}
@@ -190,15 +208,46 @@ class ReadingList:
             system for index in self._prefixes.values() for system in index} | {
             system for index in self._ranges.values() for system in index}
 
-    def within(self, now: datetime, thresholds: Any) -> "ReadingList":
-        """The same list, with each value set's look-back window (`lookbackThreshold`) applied at `now`."""
+    def _value_counts(self, value_set_id: str, value: Any) -> bool:
+        """For value sets read only above a threshold (`readWhen: at-or-above:<threshold>`)."""
+        floor = self._floors.get(value_set_id)
+        if floor is None:
+            return True
+        try:
+            quantity = _quantity.decode(value) if isinstance(value, (bytes, msgspec.Raw)) else None
+        except msgspec.DecodeError:
+            return True  # an odd value: let the typed model and the rules judge it
+        if quantity is None:
+            return True
+        degrees = celsius(quantity.value, quantity.code, quantity.unit)
+        return degrees is None or degrees >= floor
+
+    def within(self, now: datetime, thresholds: Any, contrast_ordered: bool = True) -> "ReadingList":
+        """The same list for one call: each value set's look-back window (`lookbackThreshold`) applied
+        at `now`, and value sets read only for contrast orders (`readWhen`) left out when none is.
+        Windows are whole days, so one list serves a whole day."""
+        key = (now.date(), thresholds, contrast_ordered)
+        cached = self._within.get(key)
+        if cached is None:
+            if len(self._within) > 8:
+                self._within.clear()
+            cached = self._within[key] = self._make_within(now, thresholds, contrast_ordered)
+        return cached
+
+    def _make_within(self, now: datetime, thresholds: Any, contrast_ordered: bool) -> "ReadingList":
         clone = object.__new__(ReadingList)
         clone.__dict__.update(self.__dict__)
         clone._cutoffs = {}
+        clone._floors = {}
         for value_set in self._value_sets.values():
             threshold = value_set.extra.get("lookbackThreshold")
             if threshold:
                 clone._cutoffs[value_set.id] = (now - timedelta(days=getattr(thresholds, threshold))).date().isoformat()
+            read_when = value_set.extra.get("readWhen", "")
+            if read_when == "contrast-ordered" and not contrast_ordered:
+                clone._cutoffs[value_set.id] = "9999-12-31"  # nothing is recent enough: not read
+            if read_when.startswith("at-or-above:"):
+                clone._floors[value_set.id] = float(getattr(thresholds, read_when.split(":", 1)[1]))
         return clone
 
     def _value_set_ids(self, resource_type: str, key: tuple[str, str]) -> Iterable[str]:
@@ -214,11 +263,16 @@ class ReadingList:
                 ids += (value_set_id,)
         return ids
 
-    def reads(self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None) -> frozenset[str] | None:
+    def reads(self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None,
+              value: Any = None) -> frozenset[str] | None:
         """The elements the rules read from this resource (EVERYTHING when a value set does not
-        narrow them), or None when the rules do not read it at all."""
+        narrow them); CHECKED when it matched but cannot change a decision; None when the rules
+        do not read it at all."""
         if resource_type in self.ALWAYS:
             return EVERYTHING
+        index = self._codes.get(resource_type)
+        if index is None:
+            return None
         elements: frozenset[str] | None = None
         for coding in codings:
             system, code = coding.system, coding.code
@@ -228,14 +282,18 @@ class ReadingList:
                 system = _SYSTEM_ALIASES.get(system or "")
                 if system is None:
                     continue  # local and proprietary code systems: by far most codings in a real chart
-            if system == ICD10CM or code[-1:] == " " or code[:1] == " ":
+            if system in self._family_systems:  # ICD-10-CM: punctuation-free codes, families by prefix
                 key = normalise(system, code)
+                ids = self._value_set_ids(resource_type, key) if key else ()
             else:
-                key = (system, code)
-            for value_set_id in self._value_set_ids(resource_type, key):
+                ids = index.get((system, code.strip()), ())
+            for value_set_id in ids:
                 cutoff = self._cutoffs.get(value_set_id)
                 # ISO dates compare as strings; an undated resource is always read
                 if cutoff is None or when is None or when[:10] >= cutoff:
+                    if not self._value_counts(value_set_id, value):
+                        elements = CHECKED if elements is None else elements
+                        continue
                     narrowed = self._elements.get(value_set_id, EVERYTHING)
                     elements = narrowed if elements is None else elements | narrowed
         return elements
