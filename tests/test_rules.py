@@ -153,6 +153,14 @@ def test_one_new_weakness_is_a_warning_two_deficits_are_critical(app):
     assert run(app, two)[1]["cards"][0]["indicator"] == "critical"
 
 
+def test_weakness_documented_as_progressive_is_critical(app):
+    request = condition(load_request("acute-lbp-defer"), SCT, "713514005")
+    request["prefetch"]["conditions"]["entry"][-1]["resource"]["code"]["text"] = "Progressive weakness of left leg"
+    assessment, response = run(app, request)
+    assert response["cards"][0]["indicator"] == "critical"
+    assert response["cards"][0]["suggestions"][0]["actions"][0]["resource"]["priority"] == "stat"
+
+
 def test_under_six_weeks_with_care_started_is_still_deferred(app):
     request = resource(load_request("acute-lbp-defer"), "procedures", resourceType="Procedure", id="pt-1", status="completed",
                        code={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97110"}]}, performedDateTime="2026-05-25")

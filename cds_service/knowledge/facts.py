@@ -34,6 +34,7 @@ SEVERE = "24484000"  # SNOMED CT severity: Severe
 _HIGH_INTERPRETATIONS = {"H", "HH", "HU", "A", "AA"}
 _POSITIVE = {"10828004", "POS", "positive", "pos", "detected", "260373001"}
 _SADDLE_WORDS = re.compile(r"saddle|perine|perian", re.IGNORECASE)
+_PROGRESSIVE = re.compile(r"progress|worsening", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -308,9 +309,13 @@ class FactReader:
                                             max((d for d in dates if d), default=None)))
         facts.severe_deficit = self._conditions_in(conditions, "severe-neuro-deficit", new_only=True, facts=facts)
         facts.weakness = self._conditions_in(conditions, "motor-weakness", new_only=True, facts=facts)
-        for condition in conditions:  # a weakness coded as severe is a severe deficit
-            if any(c.code == SEVERE for c in codings(condition.severity)) and any(e.id == condition.id for e in facts.weakness):
-                facts.severe_deficit.append(next(e for e in facts.weakness if e.id == condition.id))
+        for condition in conditions:  # a weakness coded as severe, or documented as progressive, is a severe deficit
+            evidence = next((e for e in facts.weakness if e.id == condition.id), None)
+            if evidence is None:
+                continue
+            words = " ".join(filter(None, [getattr(condition.code, "text", None), *(c.display for c in codings(condition.code))]))
+            if any(c.code == SEVERE for c in codings(condition.severity)) or _PROGRESSIVE.search(words):
+                facts.severe_deficit.append(evidence)
         facts.cancer = self._conditions_in(conditions, "malignancy", history_counts=True)
         facts.spinal_metastasis = self._conditions_in(conditions, "spinal-metastasis")
         facts.weight_loss = self._conditions_in(conditions, "weight-loss", within_days=365)
