@@ -22,7 +22,8 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     from .evaluation import Evaluator
     from .knowledge import Knowledge
     from .runtime import Runtime
-    from .security import init_cors
+    from .configuration import AuthMode
+    from .security import Authenticator, ReplayGuard, TrustError, init_auth, init_cors, load_trusted_issuers
     from .services import load_services
     from .storage import Store
 
@@ -46,6 +47,15 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         store=store,
     )
     init_cors(app, settings.cors_origins)
+    authenticator = None
+    if settings.auth is AuthMode.REQUIRED:
+        issuers = load_trusted_issuers(settings.trusted_issuers)
+        if not issuers:
+            raise TrustError("CDS_AUTH=required but no trusted CDS client is configured: set CDS_TRUSTED_ISSUERS "
+                             "(or CDS_AUTH=off for a local trial only)")
+        authenticator = Authenticator(issuers, ReplayGuard(store), leeway=settings.jwt_leeway_seconds,
+                                      max_lifetime=settings.jwt_max_lifetime_seconds)
+    init_auth(app, settings, authenticator)
     app.register_blueprint(api.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(health.bp)

@@ -62,6 +62,9 @@ class Settings:
     sandbox_system_actions: bool = True  # also emit extension.systemActions (the sandbox reads only that)
     public_base_url: str | None = None  # external URL behind a proxy (JWT `aud`)
     site_codes: Path | None = None  # order codes for suggested studies; default knowledge/site_codes.json
+    trusted_issuers: Path | None = None  # CDS clients whose JWTs are accepted
+    jwt_leeway_seconds: float = 60.0  # clock skew allowed on exp and iat (the sandbox's iat runs ahead)
+    jwt_max_lifetime_seconds: float = 3600.0  # exp - iat; also bounds how long a jti is remembered
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -94,6 +97,9 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_SANDBOX_SYSTEM_ACTIONS": ("sandbox_system_actions", _bool),
     "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
     "CDS_SITE_CODES": ("site_codes", Path),
+    "CDS_TRUSTED_ISSUERS": ("trusted_issuers", Path),
+    "CDS_JWT_LEEWAY_SECONDS": ("jwt_leeway_seconds", float),
+    "CDS_JWT_MAX_LIFETIME_SECONDS": ("jwt_max_lifetime_seconds", float),
 }
 
 _THRESHOLD_PREFIX = "CDS_THRESHOLD_"  # e.g. CDS_THRESHOLD_ELDERLY_AGE=70
@@ -116,9 +122,12 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
             thresholds[threshold.name] = type(threshold.default)(raw)
     if thresholds:
         values["thresholds"] = Thresholds(**thresholds)
+    parsers = {attr: parse for attr, parse in _ENVIRONMENT.values()}
     for key, value in (overrides or {}).items():
         if key == "thresholds" and isinstance(value, Mapping):
             value = Thresholds(**value)
+        elif isinstance(value, str) and key in parsers:
+            value = parsers[key](value)  # e.g. auth="off", hooks_dir="/etc/cds/hooks"
         values[key] = value
     settings = Settings(**values)
     if settings.fhir_budget_seconds <= 0 or settings.max_body_bytes <= 0:

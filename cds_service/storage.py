@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
@@ -11,6 +12,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Float,
     Engine,
     Integer,
     MetaData,
@@ -18,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     event,
     select,
     text,
@@ -45,6 +48,15 @@ feedback = Table(
 )
 
 
+jti_seen = Table(
+    "jti_seen",
+    metadata,
+    # sha256 of issuer and jti: each token id is accepted once within its lifetime, across instances
+    Column("token_key", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
@@ -59,6 +71,7 @@ class Store:
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        self._jti_writes = 0
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
@@ -71,7 +84,7 @@ class Store:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
-    def _insert_ignoring_duplicates(self, table: Table):
+    def _insert_ignoring_duplicates(self, table: Table, key: str = "entry_key"):
         if self.engine.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif self.engine.dialect.name == "postgresql":
@@ -79,7 +92,7 @@ class Store:
         else:  # pragma: no cover - other databases: plain insert, duplicates raise
             from sqlalchemy import insert
             return insert(table)
-        return insert(table).on_conflict_do_nothing(index_elements=["entry_key"])
+        return insert(table).on_conflict_do_nothing(index_elements=[key])
 
     def add_feedback(self, service_id: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
         """Store feedback rows in one transaction. Returns (newly stored, already present)."""
@@ -93,6 +106,17 @@ class Store:
             for row in rows:
                 stored += connection.execute(statement, row).rowcount
         return stored, len(rows) - stored
+
+    def remember_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
+        """True when this (issuer, jti) was not seen before; it is remembered until `expires_at`."""
+        key = hashlib.sha256(issuer.encode() + b"\0" + jti.encode()).hexdigest()
+        with self.engine.begin() as connection:
+            stored = connection.execute(self._insert_ignoring_duplicates(jti_seen, "token_key"),
+                                        {"token_key": key, "expires_at": expires_at}).rowcount
+            self._jti_writes += 1
+            if self._jti_writes % 256 == 0:  # forget expired ids now and then
+                connection.execute(delete(jti_seen).where(jti_seen.c.expires_at < time.time()))
+        return stored == 1
 
     def feedback_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:

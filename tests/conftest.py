@@ -49,6 +49,7 @@ def database_url(tmp_path) -> str:
 def make_app(database_url):
     def factory(**config):
         config.setdefault("database_url", database_url)
+        config.setdefault("auth", "off")  # tests of authentication turn it on (tests/test_security.py)
         config.setdefault("clock", lambda: CLOCK)
         return create_app(config)
 

@@ -81,7 +81,7 @@ def test_the_same_card_reported_again_with_a_new_outcome_is_a_new_entry(app, cli
 
 def test_feedback_survives_a_new_application_instance(database_url, client):
     client.post(FEEDBACK, json={"feedback": [overridden()]})
-    restarted = create_app({"database_url": database_url})
+    restarted = create_app({"database_url": database_url, "auth": "off"})
     assert [row["card_uuid"] for row in stored_rows(restarted)] == ["2c8f8b9e-1a34-4c57-9a55-0c3c6f1d0a01"]
 
 
