@@ -18,7 +18,7 @@ _INJECTABLE = ("clock", "fhir_client_factory")
 
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     """Application factory: settings from the environment, overridden by `config`."""
-    from . import api, feedback, health
+    from . import api, feedback, health, openapi
     from .evaluation import Evaluator
     from .knowledge import Knowledge
     from .runtime import Runtime
@@ -59,5 +59,6 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(feedback.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     api.register_error_handlers(app)
     return app

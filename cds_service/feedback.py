@@ -55,6 +55,6 @@ def _row(index: int, entry: FeedbackEntry) -> dict:
         "override_reason_code": reason.reason.code if reason and reason.reason else None,
         "override_reason_display": reason.reason.display if reason and reason.reason else None,
         "user_comment": reason.userComment if reason else None,
-        "outcome_timestamp": timestamp.astimezone(timezone.utc),
+        "outcome_timestamp": timestamp,
         "received_at": datetime.now(timezone.utc),
     }

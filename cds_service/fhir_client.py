@@ -8,6 +8,7 @@ string contains the patient id.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -21,6 +22,25 @@ import requests.adapters
 import urllib3
 
 log = logging.getLogger(__name__)
+
+
+class _RedactQueryStrings(logging.Filter):
+    """urllib3 logs request lines ("GET /fhir/Condition?patient=123") at DEBUG: the query string
+    holds the patient id. Whatever it still logs loses its query strings."""
+
+    _QUERY = re.compile(r"\?[^\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self._QUERY.sub("?(redacted)", record.getMessage())
+        record.args = None
+        return True
+
+
+_urllib3_log = logging.getLogger("urllib3")
+_urllib3_log.setLevel(logging.WARNING)  # no request lines, even when the service runs at DEBUG
+_urllib3_log.addFilter(_RedactQueryStrings())
+for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
+    logging.getLogger(_name).addFilter(_RedactQueryStrings())
 
 class FetchFailed(Exception):
     """A prefetch key could not be fetched; `reason` is safe to log and to show to the client."""

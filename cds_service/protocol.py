@@ -7,7 +7,7 @@ prefetch values stay as raw JSON until patient_data decides which of them it nee
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -160,9 +160,10 @@ def decode(body: bytes, model: type[msgspec.Struct]) -> Any:
 
 
 def parse_instant(value: str) -> datetime | None:
-    """An RFC 3339 instant with an offset (`Z` allowed), or None."""
+    """An RFC 3339 instant with an offset (`Z` allowed), in UTC; None when it is not one (or
+    cannot be expressed in UTC, like 0001-01-01T00:00:00+00:01)."""
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return parsed.astimezone(timezone.utc) if parsed.tzinfo is not None else None
+    except (ValueError, OverflowError):
         return None
-    return parsed if parsed.tzinfo is not None else None
