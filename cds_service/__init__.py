@@ -19,6 +19,7 @@ _INJECTABLE = ("clock", "fhir_client_factory")
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     """Application factory: settings from the environment, overridden by `config`."""
     from . import api, feedback, health, openapi
+    from .audit import AuditTrail
     from .evaluation import Evaluator
     from .knowledge import Knowledge
     from .runtime import Runtime
@@ -38,13 +39,14 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     knowledge = Knowledge()
     store = Store(settings.database_url)
-    store.create_schema()
+    store.migrate()
     app.extensions["cds"] = Runtime(
         settings=settings,
         services=load_services(settings.hooks_dir),
         knowledge=knowledge,
         evaluator=Evaluator(settings, knowledge, **injected),
         store=store,
+        audit=AuditTrail(store, settings.audit_key, settings.audit_write),
     )
     init_cors(app, settings.cors_origins)
     authenticator = None

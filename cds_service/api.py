@@ -34,6 +34,10 @@ def call_service(service_id: str):
     hook_request = decode_hook_request(request_body())
     g.hook_instance = hook_request.hookInstance
     evaluation = rt.evaluator.evaluate(service, hook_request)
+    client = g.get("cds_client")
+    latency_ms = (time.perf_counter() - started) * 1000
+    rt.audit.write(rt.audit.records(service, hook_request, evaluation, client.tenant if client else None, latency_ms,
+                                    evaluation.silent))
     record = evaluation.record
     log.info(
         "evaluated service=%s hookInstance=%s orders=%d rules=%s ratings=%s fallback=%s ms=%.1f",

@@ -99,7 +99,9 @@ def report(service_id: str, hook_instance: str, now: datetime, evaluation: Any) 
                 lines.append(f"    {name.replace('_', ' ')}: {evidence.describe()}")
         if facts.unavailable:
             lines.append(f"    not available: {', '.join(facts.unavailable)}")
-    cards = evaluation.response.get("cards", [])
+    cards = (evaluation.full_response or evaluation.response).get("cards", [])
+    if evaluation.silent:
+        lines += ["", "Silent mode: the client is answered no cards; these are the cards it would have seen."]
     lines += ["", f"Cards ({len(cards)}):"]
     for card in cards:
         lines.append(f"  [{card['indicator'].upper()}] {card['source']['topic']['code']}: {card['summary']}")

@@ -21,6 +21,13 @@ class AuthMode(enum.StrEnum):
     OFF = "off"  # local trial only; logged as a warning at every start
 
 
+class AuditWrite(enum.StrEnum):
+    """How audit records reach the database."""
+
+    BACKGROUND = "background"  # queued, written in batches by a thread: no latency, survives a database blip
+    INLINE = "inline"  # written before the answer (tests, or sites that prefer it)
+
+
 class PrefetchFailurePolicy(enum.StrEnum):
     """What to do when a prefetch key can be neither read from the request nor fetched."""
 
@@ -65,6 +72,9 @@ class Settings:
     trusted_issuers: Path | None = None  # CDS clients whose JWTs are accepted
     jwt_leeway_seconds: float = 60.0  # clock skew allowed on exp and iat (the sandbox's iat runs ahead)
     jwt_max_lifetime_seconds: float = 3600.0  # exp - iat; also bounds how long a jti is remembered
+    audit_key: str | None = None  # HMAC key for patient keys in the audit trail (a site secret)
+    audit_write: AuditWrite = AuditWrite.BACKGROUND
+    silent: bool = False  # evaluate and audit, but answer no cards (silent roll-out), for every service
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def replace(self, **changes: Any) -> "Settings":
@@ -100,6 +110,9 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_TRUSTED_ISSUERS": ("trusted_issuers", Path),
     "CDS_JWT_LEEWAY_SECONDS": ("jwt_leeway_seconds", float),
     "CDS_JWT_MAX_LIFETIME_SECONDS": ("jwt_max_lifetime_seconds", float),
+    "CDS_AUDIT_KEY": ("audit_key", str),
+    "CDS_AUDIT_WRITE": ("audit_write", AuditWrite),
+    "CDS_SILENT": ("silent", _bool),
 }
 
 _THRESHOLD_PREFIX = "CDS_THRESHOLD_"  # e.g. CDS_THRESHOLD_ELDERLY_AGE=70

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from .configuration import Settings
 from .fhir_client import FhirClient, ConnectionPools
 from .knowledge import Knowledge, OrderedStudy
-from .cards import Presenter, load_site_codes
+from .cards import PAMA_CONSULT_ID, Presenter, load_site_codes
 from .knowledge.facts import FactReader
 from .knowledge.rules import Assessment, assess
 from .patient_data import PatientRecord, build_record, draft_order_model
@@ -37,14 +37,33 @@ class OrderUnderReview:
 
 
 @dataclass
+class OrderResult:
+    order: OrderUnderReview
+    assessment: Assessment
+    cards: list[dict[str, Any]]
+    card_rules: list[str]  # the rule behind each card
+    rating_action: dict[str, Any]
+
+    @property
+    def consult_id(self) -> str:
+        return next(e["valueUri"] for e in self.rating_action["resource"]["extension"] if e["url"] == PAMA_CONSULT_ID)
+
+
+@dataclass
 class Evaluation:
     """The answer plus what the audit trail and the logs need to know about it."""
 
     response: dict[str, Any]
     orders: list[OrderUnderReview] = field(default_factory=list)
     record: PatientRecord | None = None
-    assessments: list[Assessment] = field(default_factory=list)
+    results: list[OrderResult] = field(default_factory=list)
+    silent: bool = False  # evaluated and audited, but the client was answered no cards
+    full_response: dict[str, Any] | None = None  # what a silent service would have answered
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def assessments(self) -> list[Assessment]:
+        return [result.assessment for result in self.results]
 
     @property
     def rules_fired(self) -> list[str]:
@@ -85,17 +104,20 @@ class Evaluator:
         fetched = time.perf_counter()
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
         reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now)
-        cards: list[dict[str, Any]] = []
-        actions: list[dict[str, Any]] = []
         for order in orders:
             model = draft_order_model(order.resource, record.patient_id, record.data_quality)
             assessment = assess(reader.read(record, order.resource, model, order.study), self.settings.thresholds)
-            evaluation.assessments.append(assessment)
-            cards += self.presenter.cards(assessment, order.resource)
-            actions.append(self.presenter.rating_action(assessment, order.resource))
+            evaluation.results.append(OrderResult(
+                order, assessment, self.presenter.cards(assessment, order.resource),
+                [finding.rule.id for finding in assessment.findings], self.presenter.rating_action(assessment, order.resource)))
+        cards = [card for result in evaluation.results for card in result.cards]
+        actions = [result.rating_action for result in evaluation.results]
         evaluation.response = {"cards": cards, "systemActions": actions}
         if self.settings.sandbox_system_actions:
             evaluation.response["extension"] = {"systemActions": actions}  # the sandbox reads only this
+        if self.settings.silent or service.silent:  # silent roll-out: evaluate and audit, show nothing
+            evaluation.silent, evaluation.full_response = True, evaluation.response
+            evaluation.response = {"cards": []}
         evaluation.timings_ms = {"patient_data": (fetched - started) * 1000,
                                  "rules_and_cards": (time.perf_counter() - fetched) * 1000}
         return evaluation

@@ -8,6 +8,7 @@ import orjson
 from flask import Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .audit import AuditTrail
 from .configuration import Settings
 from .evaluation import Evaluator
 from .knowledge import Knowledge
@@ -25,6 +26,7 @@ class Runtime:
     knowledge: Knowledge
     evaluator: Evaluator
     store: Store
+    audit: AuditTrail
 
 
 def runtime() -> Runtime:

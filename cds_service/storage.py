@@ -1,4 +1,6 @@
-"""Durable storage through SQLAlchemy: SQLite by default, any SQLAlchemy URL via CDS_DATABASE_URL."""
+"""Durable storage through SQLAlchemy: SQLite by default, PostgreSQL (or any SQLAlchemy URL) via
+CDS_DATABASE_URL. The schema is managed by Alembic (cds_service/migrations); these tables mirror it.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +12,12 @@ from typing import Any, Iterable
 import orjson
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
-    Float,
     Engine,
+    Float,
+    ForeignKey,
     Integer,
     MetaData,
     String,
@@ -27,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 metadata = MetaData()
 
 feedback = Table(
@@ -47,7 +52,6 @@ feedback = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
-
 jti_seen = Table(
     "jti_seen",
     metadata,
@@ -56,12 +60,47 @@ jti_seen = Table(
     Column("expires_at", Float, nullable=False, index=True),
 )
 
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("service_id", String(64), nullable=False),
+    Column("hook", String(32), nullable=False),
+    Column("hook_instance", String(128), nullable=False),
+    Column("tenant", String(255), nullable=True),
+    Column("consult_id", String(64), nullable=False, unique=True),
+    Column("patient_key", String(64), nullable=False, index=True),  # HMAC of the patient id: never the id
+    Column("order_system", String(255), nullable=False),
+    Column("order_code", String(64), nullable=False),
+    Column("rating", String(32), nullable=False),
+    Column("acr_category", String(8), nullable=True),
+    Column("variant", Integer, nullable=True),
+    Column("rules_fired", JSON, nullable=False),
+    Column("card_topics", JSON, nullable=False),
+    Column("fallback_used", Boolean, nullable=False),
+    Column("silent", Boolean, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+)
+
+audit_card = Table(
+    "audit_card",
+    metadata,
+    # feedback.card_uuid joins here, and through audit_id to the consultation
+    Column("card_uuid", String(64), primary_key=True),
+    Column("audit_id", Integer, ForeignKey("audit.id"), nullable=False, index=True),
+    Column("topic", String(64), nullable=False),
+    Column("rule_id", String(16), nullable=False),
+    Column("indicator", String(16), nullable=False),
+)
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, cheap commits
     cursor.execute("PRAGMA busy_timeout=5000")  # several gunicorn workers share the file
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
@@ -75,8 +114,16 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
-    def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+    def migrate(self) -> None:
+        """Bring the schema to the latest Alembic revision (a no-op when it is there)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config(str(MIGRATIONS / "alembic.ini"))
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
         # Connections made here must not be inherited by forked gunicorn workers.
         self.engine.dispose()
 
@@ -94,6 +141,7 @@ class Store:
             return insert(table)
         return insert(table).on_conflict_do_nothing(index_elements=[key])
 
+    # --- feedback ---------------------------------------------------------------------------
     def add_feedback(self, service_id: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
         """Store feedback rows in one transaction. Returns (newly stored, already present)."""
         rows = list(rows)
@@ -107,6 +155,11 @@ class Store:
                 stored += connection.execute(statement, row).rowcount
         return stored, len(rows) - stored
 
+    def feedback_rows(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(select(feedback).order_by(feedback.c.id))]
+
+    # --- jti replay store ----------------------------------------------------------------------
     def remember_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
         """True when this (issuer, jti) was not seen before; it is remembered until `expires_at`."""
         key = hashlib.sha256(issuer.encode() + b"\0" + jti.encode()).hexdigest()
@@ -118,12 +171,37 @@ class Store:
                 connection.execute(delete(jti_seen).where(jti_seen.c.expires_at < time.time()))
         return stored == 1
 
-    def feedback_rows(self) -> list[dict[str, Any]]:
+    # --- audit ---------------------------------------------------------------------------------
+    def add_audit(self, records: Iterable[dict[str, Any]]) -> None:
+        """Each record: the audit columns plus "cards": [{card_uuid, topic, rule_id, indicator}]."""
+        with self.engine.begin() as connection:
+            for record in records:
+                cards = record.pop("cards")
+                audit_id = connection.execute(audit.insert().values(**record)).inserted_primary_key[0]
+                if cards:
+                    connection.execute(audit_card.insert(), [{**card, "audit_id": audit_id} for card in cards])
+
+    def audit_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        query = select(audit).order_by(audit.c.id)
+        if since is not None:
+            query = query.where(audit.c.created_at >= since)
         with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(select(feedback).order_by(feedback.c.id))]
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    def cards_with_feedback(self, since: datetime | None = None) -> list[dict[str, Any]]:
+        """Every card shown since `since`, with each feedback entry reported for it (or none)."""
+        query = (select(audit_card.c.card_uuid, audit_card.c.topic, audit_card.c.rule_id, audit.c.silent,
+                        feedback.c.id.label("feedback_id"), feedback.c.outcome, feedback.c.outcome_timestamp,
+                        feedback.c.override_reason_code, feedback.c.override_reason_display)
+                 .select_from(audit_card.join(audit, audit_card.c.audit_id == audit.c.id)
+                              .outerjoin(feedback, feedback.c.card_uuid == audit_card.c.card_uuid))
+                 .order_by(audit_card.c.card_uuid, feedback.c.outcome_timestamp, feedback.c.id))
+        if since is not None:
+            query = query.where(audit.c.created_at >= since)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
 
 
 def entry_key(service_id: str, entry: Any) -> str:
     canonical = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(service_id.encode() + b"\0" + canonical).hexdigest()
-

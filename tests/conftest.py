@@ -49,7 +49,8 @@ def database_url(tmp_path) -> str:
 def make_app(database_url):
     def factory(**config):
         config.setdefault("database_url", database_url)
-        config.setdefault("auth", "off")  # tests of authentication turn it on (tests/test_security.py)
+        config.setdefault("auth", "off")  # tests of authentication turn it on (tests/test_authentication.py)
+        config.setdefault("audit_write", "inline")  # deterministic; the background writer has its own tests
         config.setdefault("clock", lambda: CLOCK)
         return create_app(config)
 

@@ -24,7 +24,7 @@ def _app_for_schemathesis():
     from cds_service import create_app
 
     database = tempfile.mkdtemp(prefix="cds-schemathesis-")
-    return create_app({"database_url": f"sqlite:///{database}/cds.sqlite3", "auth": "off"})
+    return create_app({"database_url": f"sqlite:///{database}/cds.sqlite3", "auth": "off", "audit_write": "inline"})
 
 
 schema = schemathesis.openapi.from_wsgi("/openapi.json", _app_for_schemathesis())
@@ -95,7 +95,7 @@ def module_client(tmp_path_factory):
     from cds_service import create_app
 
     database = tmp_path_factory.mktemp("hostile") / "cds.sqlite3"
-    return create_app({"database_url": f"sqlite:///{database}", "auth": "off"}).test_client()
+    return create_app({"database_url": f"sqlite:///{database}", "auth": "off", "audit_write": "inline"}).test_client()
 
 
 @settings(FAST, max_examples=400)

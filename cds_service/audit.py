@@ -1,0 +1,144 @@
+"""The audit trail: one record per evaluated order, without direct identifiers.
+
+The patient appears only as a keyed hash (HMAC-SHA256 with the site secret CDS_AUDIT_KEY), so
+consultations of one patient can be linked, but the id cannot be recovered without the key.
+Card uuids are recorded so that feedback joins to the consultation that showed the card.
+Writing never fails a hook call: records are queued and written in batches by a thread
+(AuditWrite.BACKGROUND), kept and retried while the database is away, within a bounded queue.
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+import weakref
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .configuration import AuditWrite
+from .storage import Store
+
+log = logging.getLogger(__name__)
+MAX_QUEUED = 10_000
+BATCH = 200
+_TRAILS: "weakref.WeakSet[AuditTrail]" = weakref.WeakSet()  # writers to drain when the process exits
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    for trail in list(_TRAILS):
+        trail.flush(5.0)
+
+
+class AuditTrail:
+    def __init__(self, store: Store, key: str | None, mode: AuditWrite) -> None:
+        self.store = store
+        self.mode = mode
+        if not key:
+            log.warning("CDS_AUDIT_KEY is not set: patient keys in the audit trail use a random key for this "
+                        "process and cannot be linked across restarts. Set a site secret in production.")
+        self._key = (key or secrets.token_hex(32)).encode()
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_QUEUED)
+        self._writer: threading.Thread | None = None
+        self._writer_pid: int | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.dropped = 0
+
+    def patient_key(self, patient_id: str) -> str:
+        return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+    def records(self, service: Any, request: Any, evaluation: Any, tenant: str | None, latency_ms: float,
+                silent: bool) -> list[dict[str, Any]]:
+        now = datetime.now(timezone.utc)
+        patient_key = self.patient_key(request.context.patientId)
+        rows = []
+        for result in evaluation.results:
+            assessment, study = result.assessment, result.order.study
+            rows.append({
+                "created_at": now, "service_id": service.id, "hook": service.hook, "hook_instance": request.hookInstance,
+                "tenant": tenant, "consult_id": result.consult_id, "patient_key": patient_key,
+                "order_system": study.system, "order_code": study.code, "rating": assessment.rating,
+                "acr_category": assessment.category, "variant": assessment.variant.number if assessment.variant else None,
+                "rules_fired": assessment.fired, "card_topics": [card["source"]["topic"]["code"] for card in result.cards],
+                "fallback_used": bool(evaluation.record and evaluation.record.fallback_used), "silent": silent,
+                "latency_ms": round(latency_ms, 2),
+                "cards": [{"card_uuid": card["uuid"], "topic": card["source"]["topic"]["code"], "rule_id": rule_id,
+                           "indicator": card["indicator"]} for card, rule_id in zip(result.cards, result.card_rules)],
+            })
+        return rows
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        if self.mode is AuditWrite.INLINE:
+            try:
+                self.store.add_audit(rows)
+            except SQLAlchemyError as exc:
+                log.error("audit records not written: database unavailable (%s)", type(exc).__name__)
+            return
+        self._ensure_writer()
+        for row in rows:
+            try:
+                self._queue.put_nowait(row)
+                self._idle.clear()
+            except queue.Full:
+                self.dropped += 1
+                if self.dropped % 100 == 1:
+                    log.error("audit queue full (database away too long): %d record(s) dropped so far", self.dropped)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued record is written (tests, shutdown). False on timeout."""
+        if self.mode is AuditWrite.INLINE:
+            return True
+        return self._idle.wait(timeout)
+
+    # --- the background writer (one per process: started lazily, so after gunicorn's fork) ----------
+    def _ensure_writer(self) -> None:
+        if self._writer is not None and self._writer_pid == os.getpid() and self._writer.is_alive():
+            return
+        with self._lock:
+            if self._writer is None or self._writer_pid != os.getpid() or not self._writer.is_alive():
+                self._writer_pid = os.getpid()
+                self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._writer.start()
+                _TRAILS.add(self)
+
+    def _run(self) -> None:
+        pending: list[dict[str, Any]] = []
+        backoff = 0.5
+        while True:
+            if not pending:
+                try:
+                    pending.append(self._queue.get(timeout=1.0))
+                except queue.Empty:
+                    self._idle.set()
+                    continue
+            while len(pending) < BATCH:
+                try:
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.store.add_audit([dict(row, cards=list(row["cards"])) for row in pending])
+            except SQLAlchemyError as exc:
+                log.warning("audit write failed (%s): %d record(s) kept, retrying in %.1f s",
+                            type(exc).__name__, len(pending), backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except Exception as exc:  # a bug must not kill the writer; the batch is logged by type and dropped
+                log.error("audit batch dropped: %s", type(exc).__name__)
+            pending = []
+            backoff = 0.5
+            if self._queue.empty():
+                self._idle.set()
