@@ -1,9 +1,12 @@
 """`cds-service`: the service's command line.
 
     cds-service evaluate REQUEST.json [--now 2026-06-01T12:00:00Z] [--service ID] [--json]
+    cds-service report [--since 30d] [--format table|csv|json]
 
-prints, for each evaluated order, the rating, the rules that fired with their evidence, and the
-cards, so that a clinical informaticist can review the logic without an EHR. Nothing is stored.
+`evaluate` prints, for each evaluated order, the rating, the rules that fired with their evidence,
+and the cards, so that a clinical informaticist can review the logic without an EHR (nothing is
+stored). `report` shows, per card topic and per rule, how often cards were shown, accepted and
+overridden and why, and the rating distribution per ordered code, from the stored audit trail.
 """
 from __future__ import annotations
 
@@ -27,8 +30,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--now", help="evaluate as of this instant (ISO 8601), e.g. the fixtures' 2026-06-01T12:00:00Z")
     evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")
     evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response instead of the report")
+    report_parser = commands.add_parser("report", help="override analytics from the stored audit trail and feedback")
+    report_parser.add_argument("--since", default="30d", help="30d, 12h, 2w, an ISO date, or 'all' (default 30d)")
+    report_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     args = parser.parse_args(argv)
-    return _evaluate(args)
+    return _evaluate(args) if args.command == "evaluate" else _report(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .analytics import build_report, parse_since, render
+    from .storage import Store
+
+    settings = load_settings()
+    try:
+        since = None if args.since == "all" else parse_since(args.since)
+    except ValueError:
+        print(f"--since: expected 30d, 12h, 2w, an ISO date or 'all', not {args.since!r}", file=sys.stderr)
+        return 2
+    try:
+        print(render(build_report(Store(settings.database_url), since), args.format))
+    except SQLAlchemyError as exc:
+        print(f"the database could not be read ({type(exc).__name__}); check CDS_DATABASE_URL", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
