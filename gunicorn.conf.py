@@ -1,6 +1,14 @@
 """gunicorn settings (python-stack.md section 2): sync workers, one per core, preloaded app, tuned GC."""
 import gc
 import os
+import shutil
+import tempfile
+
+# Prometheus multiprocess mode: every worker writes its metrics to files here; /metrics adds them up.
+# Set before the app is imported (preload), emptied at each start.
+_metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"cds-metrics-{os.getpid()}"))
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+os.makedirs(_metrics_dir, exist_ok=True)
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", os.cpu_count() or 2))
@@ -21,3 +29,9 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     # Fewer, cheaper collections while parsing large JSON (p99 for 2 MB: 68-85 ms -> 18 ms).
     gc.set_threshold(50_000, 20, 100)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

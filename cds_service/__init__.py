@@ -18,7 +18,8 @@ _INJECTABLE = ("clock", "fhir_client_factory")
 
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     """Application factory: settings from the environment, overridden by `config`."""
-    from . import api, feedback, health, openapi
+    from . import api, feedback, health, metrics, openapi
+    from .logs import init_request_log
     from .audit import AuditTrail
     from .evaluation import Evaluator
     from .knowledge import Knowledge
@@ -48,6 +49,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         store=store,
         audit=AuditTrail(store, settings.audit_key, settings.audit_write),
     )
+    metrics.init_app(app, list(app.extensions["cds"].services))  # first: times every request
     init_cors(app, settings.cors_origins)
     authenticator = None
     if settings.auth is AuthMode.REQUIRED:
@@ -63,4 +65,5 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     api.register_error_handlers(app)
+    init_request_log(app)
     return app

@@ -8,6 +8,7 @@ import traceback
 from flask import Blueprint, Flask, g, request
 from werkzeug.exceptions import HTTPException
 
+from . import metrics
 from .patient_data import decode_hook_request
 from .protocol import CdsError, operation_outcome
 from .runtime import json_response, request_body, require_json, runtime
@@ -32,23 +33,18 @@ def call_service(service_id: str):
     require_json()
     started = time.perf_counter()
     hook_request = decode_hook_request(request_body())
-    g.hook_instance = hook_request.hookInstance
+    g.hookInstance = hook_request.hookInstance
     evaluation = rt.evaluator.evaluate(service, hook_request)
     client = g.get("cds_client")
     latency_ms = (time.perf_counter() - started) * 1000
     rt.audit.write(rt.audit.records(service, hook_request, evaluation, client.tenant if client else None, latency_ms,
                                     evaluation.silent))
-    record = evaluation.record
-    log.info(
-        "evaluated service=%s hookInstance=%s orders=%d rules=%s ratings=%s fallback=%s ms=%.1f",
-        service.id,
-        hook_request.hookInstance,
-        len(evaluation.orders),
-        ",".join(evaluation.rules_fired) or "-",
-        ",".join(evaluation.ratings) or "-",
-        bool(record and record.fallback_used),
-        (time.perf_counter() - started) * 1000,
-    )
+    metrics.evaluation(evaluation)
+    g.orders = len(evaluation.orders)
+    g.rules = evaluation.rules_fired
+    g.ratings = evaluation.ratings
+    g.fallback = bool(evaluation.record and evaluation.record.fallback_used)
+    g.silent = evaluation.silent
     return json_response(evaluation.response)
 
 
@@ -57,7 +53,9 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(CdsError)
     def cds_error(error: CdsError):
-        log.info("answered %d hookInstance=%s: %s", error.status, g.get("hook_instance", "-"), error)
+        g.problem = str(error)  # our own words: never values from the request
+        if error.status == 412:
+            metrics.fetch_failed(len(error.outcome["issue"]) - 1)
         return json_response(error.outcome, error.status, error.headers)
 
     @app.errorhandler(HTTPException)

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_parser.add_argument("--since", default="30d", help="30d, 12h, 2w, an ISO date, or 'all' (default 30d)")
     report_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     args = parser.parse_args(argv)
+    from .logs import configure_logging
+
+    configure_logging("console", "WARNING")
     return _evaluate(args) if args.command == "evaluate" else _report(args)
 
 

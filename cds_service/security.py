@@ -34,7 +34,7 @@ _KEY_TYPES = {"ES": "EC", "RS": "RSA"}
 JWKS_MAX_BYTES = 64 * 1024
 JWKS_TIMEOUT_SECONDS = 3.0
 JWKS_REFRESH_COOLDOWN_SECONDS = 5.0  # an unknown kid refreshes a JWK Set at most this often
-UNAUTHENTICATED_ENDPOINTS = {"health.alive", "health.ready", "openapi.document", "static"}
+UNAUTHENTICATED_ENDPOINTS = {"health.alive", "health.ready", "openapi.serve", "metrics.exposition", "static"}
 
 
 # --- CORS ------------------------------------------------------------------------------------------
@@ -298,6 +298,10 @@ def init_auth(app: Flask, settings: Settings, authenticator: Authenticator | Non
 
 
 def _refuse(reason: str) -> Response:
+    from . import metrics
+
     log.warning("authentication failed: %s", reason)
+    metrics.auth_failure(reason)
+    g.problem = "authentication failed"
     outcome = operation_outcome("login", "Authentication failed")
     return json_response(outcome, 401, {"WWW-Authenticate": 'Bearer realm="cds-services", error="invalid_token"'})

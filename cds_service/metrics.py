@@ -1,0 +1,83 @@
+"""Prometheus metrics at /metrics, correct under several gunicorn workers (multiprocess mode when
+PROMETHEUS_MULTIPROC_DIR is set, as gunicorn.conf.py does). Label values are bounded: service ids
+come from the service definitions, never from the URL."""
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+
+REQUESTS = Counter("cds_requests_total", "HTTP requests, by service (or endpoint) and status", ["service", "status"])
+LATENCY = Histogram("cds_request_seconds", "Request latency, by service (or endpoint)", ["service"],
+                    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
+FHIR_FALLBACK = Counter("cds_fhir_fallback_total", "Prefetch keys fetched from the EHR's FHIR server, by outcome", ["outcome"])
+CARDS = Counter("cds_cards_total", "Cards answered (or held back by silent mode), by topic", ["topic", "silent"])
+RATINGS = Counter("cds_ratings_total", "Appropriateness ratings written back, by rating", ["rating"])
+AUTH_FAILURES = Counter("cds_auth_failures_total", "Refused CDS client tokens, by reason", ["reason"])
+
+_AUTH_REASONS = (("no bearer", "missing"), ("expired", "expired"), ("iat in the future", "not-yet-valid"),
+                 ("aud", "audience"), ("unknown issuer", "issuer"), ("kid", "key"), ("jku", "key"),
+                 ("JWK Set", "key"), ("algorithm", "algorithm"), ("key", "algorithm"), ("replayed", "replay"),
+                 ("missing claim", "claims"), ("lifetime", "claims"), ("jti", "claims"), ("not a JWT", "malformed"))
+
+bp = Blueprint("metrics", __name__)
+
+
+def auth_failure(reason: str) -> None:
+    label = next((category for needle, category in _AUTH_REASONS if needle in reason), "invalid")
+    AUTH_FAILURES.labels(label).inc()
+
+
+def evaluation(evaluation) -> None:
+    record = evaluation.record
+    if record is not None:
+        for source in record.sources.values():
+            if source == "fetched":
+                FHIR_FALLBACK.labels("fetched").inc()
+            elif source == "unavailable":
+                FHIR_FALLBACK.labels("failed").inc()
+    silent = "true" if evaluation.silent else "false"
+    for result in evaluation.results:
+        RATINGS.labels(result.assessment.rating).inc()
+        for card in result.cards:
+            CARDS.labels(card["source"]["topic"]["code"], silent).inc()
+
+
+def fetch_failed(keys: int) -> None:
+    """Keys that could not be fetched when the call ended in a 412."""
+    FHIR_FALLBACK.labels("failed").inc(keys)
+
+
+def init_app(app: Flask, service_ids: list[str]) -> None:
+    known = set(service_ids)
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+        service = (request.view_args or {}).get("service_id")
+        # bounded label values: a known service id, else the endpoint's name
+        g.metrics_label = service if service in known else (request.endpoint or "unknown").split(".")[-1]
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        label = g.get("metrics_label", "unknown")
+        REQUESTS.labels(label, str(response.status_code)).inc()
+        LATENCY.labels(label).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    app.register_blueprint(bp)
+
+
+@bp.get("/metrics")
+def exposition() -> Response:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = DEFAULT_REGISTRY
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

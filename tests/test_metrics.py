@@ -1,0 +1,129 @@
+"""Prometheus metrics and the structured request log."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from cds_service.logs import configure_logging
+from conftest import ROOT, SELECT, load_request
+
+
+def sample(text: str, name: str, **labels) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_requests_cards_ratings_and_auth_failures(make_app, tmp_path):
+    from test_authentication import EC_KEY, ISS, jwk
+
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))
+    client = make_app(auth="required", trusted_issuers=issuers).test_client()
+    before = client.get("/metrics").get_data(as_text=True)
+    from test_authentication import token
+
+    client.post(SELECT, json=load_request("cauda-equina"), headers={"Authorization": f"Bearer {token()}"})
+    client.post(SELECT, json=load_request("cauda-equina"))  # no token
+    client.post("/cds-services/no-such-service/../../etc", json={})
+    after = client.get("/metrics")
+    assert after.status_code == 200 and after.mimetype == "text/plain"
+    text = after.get_data(as_text=True)
+    delta = lambda name, **labels: sample(text, name, **labels) - sample(before, name, **labels)  # noqa: E731
+    assert delta("cds_requests_total", service="lumbar-mri-order-select", status="200") == 1
+    assert delta("cds_requests_total", service="lumbar-mri-order-select", status="401") == 1
+    assert delta("cds_cards_total", topic="urgent-imaging", silent="false") == 1
+    assert delta("cds_ratings_total", rating="appropriate") == 1
+    assert delta("cds_auth_failures_total", reason="missing") == 1
+    assert delta("cds_request_seconds_count", service="lumbar-mri-order-select") == 2
+    labels = set(re.findall(r'service="([^"]*)"', text))  # label values never come from the URL
+    assert labels <= {"lumbar-mri-order-select", "lumbar-mri-order-sign", "call_service", "receive_feedback", "discovery",
+                      "exposition", "unknown", "alive", "ready", "serve"}, labels
+
+
+def test_fallback_failures_are_counted(client):
+    request = load_request("acute-lbp-defer")
+    del request["prefetch"]["conditions"], request["prefetch"]["devices"]
+    before = sample(client.get("/metrics").get_data(as_text=True), "cds_fhir_fallback_total", outcome="failed")
+    assert client.post(SELECT, json=request).status_code == 412
+    after = sample(client.get("/metrics").get_data(as_text=True), "cds_fhir_fallback_total", outcome="failed")
+    assert after - before == 2
+
+
+def test_metrics_add_up_across_gunicorn_workers(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "CDS_LOG_FORMAT": "json"}
+    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2",
+                               "-b", f"127.0.0.1:{port}", "cds_service.wsgi:app"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        body = json.dumps(load_request("acute-lbp-defer")).encode()
+        pids = set()
+        for _ in range(40):
+            request = urllib.request.Request(base + SELECT, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 200
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert sample(text, "cds_requests_total", service="lumbar-mri-order-select", status="200") == 40
+        assert sample(text, "cds_cards_total", topic="defer-imaging", silent="false") == 40
+        assert sample(text, "cds_request_seconds_count", service="lumbar-mri-order-select") == 40
+        pids = set(re.findall(r'pid="(\d+)"', text))  # multiprocess files are per worker
+        assert len(os.listdir(tmp_path / "metrics")) >= 2 or len(pids) >= 1
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=10)
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("event") == "request" and line.get("service") == "lumbar-mri-order-select"]
+    assert len(requests) == 40
+    assert {"hookInstance", "status", "latency_ms", "rules", "ratings"} <= set(requests[0])
+
+
+def test_one_json_line_per_request_with_the_decision(client):
+    stream = io.StringIO()
+    configure_logging("json", "INFO")
+    logging.getLogger().handlers[0].stream = stream
+    try:
+        client.post(SELECT, json=load_request("cauda-equina"))
+        client.post(SELECT, data="{", content_type="application/json")
+    finally:
+        logging.getLogger().handlers.clear()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    first, second = [line for line in lines if line["event"] == "request"]
+    assert first["service"] == "lumbar-mri-order-select" and first["status"] == 200
+    assert first["rules"] == ["R-01", "R-18"] and first["ratings"] == ["appropriate"] and first["hookInstance"]
+    assert first["level"] == "info" and "timestamp" in first and first["latency_ms"] > 0
+    assert second["status"] == 400 and "not valid JSON" in second["problem"]
+
+
+def test_console_lines_for_a_terminal(client):
+    stream = io.StringIO()
+    configure_logging("console", "INFO")
+    logging.getLogger().handlers[0].stream = stream
+    try:
+        client.post(SELECT, json=load_request("acute-lbp-defer"))
+    finally:
+        logging.getLogger().handlers.clear()
+    line = [line for line in stream.getvalue().splitlines() if "request" in line][0]
+    assert "service=lumbar-mri-order-select" in line and "status=200" in line and not line.startswith("{")
