@@ -3,11 +3,14 @@ CDS_DATABASE_URL. The schema is managed by Alembic (cds_service/migrations); the
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import orjson
 from sqlalchemy import (
@@ -32,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATING = threading.Lock()  # Alembic's migration context is process-global: one migration at a time
 metadata = MetaData()
 
 feedback = Table(
@@ -121,25 +125,42 @@ class Store:
 
         config = Config(str(MIGRATIONS / "alembic.ini"))
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
+        with _MIGRATING, self._migration_lock(), self.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
         # Connections made here must not be inherited by forked gunicorn workers.
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """Instances starting together migrate one after the other (PostgreSQL: an advisory lock in
+        migrations/env.py; SQLite: a lock file beside the database)."""
+        database = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def ping(self) -> None:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
     def _insert_ignoring_duplicates(self, table: Table, key: str = "entry_key"):
+        """INSERT ... ON CONFLICT DO NOTHING RETURNING key: a row back means it was new. (rowcount
+        is not reliable here: psycopg reports -1.)"""
         if self.engine.dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:  # pragma: no cover - other databases: plain insert, duplicates raise
             from sqlalchemy import insert
-            return insert(table)
-        return insert(table).on_conflict_do_nothing(index_elements=[key])
+            return insert(table).returning(table.c[key])
+        return insert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
 
     # --- feedback ---------------------------------------------------------------------------
     def add_feedback(self, service_id: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
@@ -152,7 +173,7 @@ class Store:
         with self.engine.begin() as connection:
             statement = self._insert_ignoring_duplicates(feedback)
             for row in rows:
-                stored += connection.execute(statement, row).rowcount
+                stored += connection.execute(statement, row).first() is not None
         return stored, len(rows) - stored
 
     def feedback_rows(self) -> list[dict[str, Any]]:
@@ -164,12 +185,12 @@ class Store:
         """True when this (issuer, jti) was not seen before; it is remembered until `expires_at`."""
         key = hashlib.sha256(issuer.encode() + b"\0" + jti.encode()).hexdigest()
         with self.engine.begin() as connection:
-            stored = connection.execute(self._insert_ignoring_duplicates(jti_seen, "token_key"),
-                                        {"token_key": key, "expires_at": expires_at}).rowcount
+            new = connection.execute(self._insert_ignoring_duplicates(jti_seen, "token_key"),
+                                     {"token_key": key, "expires_at": expires_at}).first() is not None
             self._jti_writes += 1
             if self._jti_writes % 256 == 0:  # forget expired ids now and then
                 connection.execute(delete(jti_seen).where(jti_seen.c.expires_at < time.time()))
-        return stored == 1
+        return new
 
     # --- audit ---------------------------------------------------------------------------------
     def add_audit(self, records: Iterable[dict[str, Any]]) -> None:

@@ -36,7 +36,7 @@ def clean_environment(monkeypatch):
     import os
 
     for name in list(os.environ):
-        if name.startswith("CDS_"):
+        if name.startswith("CDS_") and not name.startswith("CDS_TEST_"):  # CDS_TEST_*: the test harness's own
             monkeypatch.delenv(name)
 
 
