@@ -29,7 +29,7 @@ def call_service(service_id: str):
     rt = runtime()
     service = rt.services.get(service_id)
     if service is None:
-        raise CdsError(404, f"No CDS service with id {service_id!r}", code="not-found")
+        raise CdsError(404, "No CDS service with this id (see GET /cds-services)", code="not-found")
     require_json()
     started = time.perf_counter()
     hook_request = decode_hook_request(request_body())

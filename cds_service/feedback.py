@@ -19,7 +19,7 @@ bp = Blueprint("feedback", __name__)
 def receive_feedback(service_id: str):
     rt = runtime()
     if service_id not in rt.services:
-        raise CdsError(404, f"No CDS service with id {service_id!r}", code="not-found")
+        raise CdsError(404, "No CDS service with this id (see GET /cds-services)", code="not-found")
     require_json()
     body = request_body()
     message = decode(body, FeedbackRequest)

@@ -1,21 +1,13 @@
 """Prometheus metrics and the structured request log."""
 from __future__ import annotations
 
-import io
 import json
-import logging
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
-import pytest
-
-from cds_service.logs import configure_logging
-from conftest import ROOT, SELECT, load_request
+from conftest import SELECT, load_request
+from servers import captured_logs, gunicorn
 
 
 def sample(text: str, name: str, **labels) -> float:
@@ -63,37 +55,20 @@ def test_fallback_failures_are_counted(client):
 
 
 def test_metrics_add_up_across_gunicorn_workers(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
+    env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "CDS_LOG_FORMAT": "json"}
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2",
-                               "-b", f"127.0.0.1:{port}", "cds_service.wsgi:app"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    with gunicorn(env) as (base, log_file):
         body = json.dumps(load_request("acute-lbp-defer")).encode()
-        pids = set()
         for _ in range(40):
             request = urllib.request.Request(base + SELECT, data=body, headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == 200
         text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
-        assert sample(text, "cds_requests_total", service="lumbar-mri-order-select", status="200") == 40
-        assert sample(text, "cds_cards_total", topic="defer-imaging", silent="false") == 40
-        assert sample(text, "cds_request_seconds_count", service="lumbar-mri-order-select") == 40
-        pids = set(re.findall(r'pid="(\d+)"', text))  # multiprocess files are per worker
-        assert len(os.listdir(tmp_path / "metrics")) >= 2 or len(pids) >= 1
-    finally:
-        server.terminate()
-        _, stderr = server.communicate(timeout=10)
+    stderr = log_file.read_bytes()
+    assert sample(text, "cds_requests_total", service="lumbar-mri-order-select", status="200") == 40
+    assert sample(text, "cds_cards_total", topic="defer-imaging", silent="false") == 40
+    assert sample(text, "cds_request_seconds_count", service="lumbar-mri-order-select") == 40
+    assert len(os.listdir(tmp_path / "metrics")) >= 2  # one file set per worker, added up at /metrics
     lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     requests = [line for line in lines if line.get("event") == "request" and line.get("service") == "lumbar-mri-order-select"]
     assert len(requests) == 40
@@ -101,14 +76,9 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
 
 
 def test_one_json_line_per_request_with_the_decision(client):
-    stream = io.StringIO()
-    configure_logging("json", "INFO")
-    logging.getLogger().handlers[0].stream = stream
-    try:
+    with captured_logs("json") as stream:
         client.post(SELECT, json=load_request("cauda-equina"))
         client.post(SELECT, data="{", content_type="application/json")
-    finally:
-        logging.getLogger().handlers.clear()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     first, second = [line for line in lines if line["event"] == "request"]
     assert first["service"] == "lumbar-mri-order-select" and first["status"] == 200
@@ -118,12 +88,7 @@ def test_one_json_line_per_request_with_the_decision(client):
 
 
 def test_console_lines_for_a_terminal(client):
-    stream = io.StringIO()
-    configure_logging("console", "INFO")
-    logging.getLogger().handlers[0].stream = stream
-    try:
+    with captured_logs("console") as stream:
         client.post(SELECT, json=load_request("acute-lbp-defer"))
-    finally:
-        logging.getLogger().handlers.clear()
     line = [line for line in stream.getvalue().splitlines() if "request" in line][0]
     assert "service=lumbar-mri-order-select" in line and "status=200" in line and not line.startswith("{")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from cds_service import create_app
 from cds_service.analytics import build_report
 from cds_service.storage import Store, metadata
 from conftest import ROOT, SELECT, load_request
+from servers import gunicorn
 from test_feedback import FEEDBACK, overridden
 
 
@@ -88,21 +88,8 @@ def test_feedback_posted_concurrently_to_two_instances_is_stored_exactly_once(ma
 
 
 def test_feedback_posted_concurrently_to_two_gunicorn_workers_is_stored_exactly_once(database_url, tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2",
-                               "-b", f"127.0.0.1:{port}", "cds_service.wsgi:app"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(base + "/readyz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+    with gunicorn(env) as (base, _logs):
 
         def post(index):
             body = json.dumps({"feedback": [overridden(card=f"w-{index % 50}")]}).encode()
@@ -112,9 +99,6 @@ def test_feedback_posted_concurrently_to_two_gunicorn_workers_is_stored_exactly_
 
         with ThreadPoolExecutor(max_workers=6) as pool:
             assert set(pool.map(post, range(200))) == {200}
-    finally:
-        server.terminate()
-        server.wait(10)
     rows = Store(database_url).feedback_rows()
     assert sorted(row["card_uuid"] for row in rows) == sorted(f"w-{i}" for i in range(50))
 

@@ -1,0 +1,57 @@
+"""Test helpers: the app served by real gunicorn workers, and log capture in a given style."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+from cds_service.logs import configure_logging
+from conftest import ROOT
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[tuple[str, Path]]:
+    """The service under gunicorn (gunicorn.conf.py) on a free loopback port; yields (base URL, log
+    file). Logs go to a file, never an unread pipe, which would block the workers once full."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_file = Path(tempfile.mkstemp(prefix="cds-gunicorn-", suffix=".log")[1])
+    with open(log_file, "wb") as stderr:
+        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", str(workers),
+                                   "-b", f"127.0.0.1:{port}", "cds_service.wsgi:app"], cwd=ROOT, env={**os.environ, **env},
+                                  stdout=subprocess.DEVNULL, stderr=stderr)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield base, log_file
+    finally:
+        if server.poll() is None:
+            server.terminate()
+        server.wait(10)
+
+
+@contextlib.contextmanager
+def captured_logs(style: str) -> Iterator[io.StringIO]:
+    """Everything the service logs, rendered in `style` ("json" or "console")."""
+    stream = io.StringIO()
+    configure_logging(style, "INFO")
+    logging.getLogger().handlers[0].stream = stream
+    try:
+        yield stream
+    finally:
+        logging.getLogger().handlers.clear()
