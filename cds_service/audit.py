@@ -28,7 +28,8 @@ from .storage import Store
 
 log = logging.getLogger(__name__)
 MAX_QUEUED = 10_000
-BATCH = 200
+BATCH = 500
+GATHER_SECONDS = 0.2
 _TRAILS: "weakref.WeakSet[AuditTrail]" = weakref.WeakSet()  # writers to drain when the process exits
 
 
@@ -123,6 +124,7 @@ class AuditTrail:
                 except queue.Empty:
                     self._idle.set()
                     continue
+                time.sleep(GATHER_SECONDS)  # let a batch gather: fewer, larger transactions
             while len(pending) < BATCH:
                 try:
                     pending.append(self._queue.get_nowait())

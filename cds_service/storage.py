@@ -33,8 +33,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SCHEMA_REVISION = "0001"  # the head of migrations/versions (a test keeps them in step)
 _MIGRATING = threading.Lock()  # Alembic's migration context is process-global: one migration at a time
 metadata = MetaData()
 
@@ -90,9 +92,9 @@ audit = Table(
 audit_card = Table(
     "audit_card",
     metadata,
-    # feedback.card_uuid joins here, and through audit_id to the consultation
+    # feedback.card_uuid joins here, and through consult_id to the consultation
     Column("card_uuid", String(64), primary_key=True),
-    Column("audit_id", Integer, ForeignKey("audit.id"), nullable=False, index=True),
+    Column("consult_id", String(64), ForeignKey("audit.consult_id"), nullable=False, index=True),
     Column("topic", String(64), nullable=False),
     Column("rule_id", String(16), nullable=False),
     Column("indicator", String(16), nullable=False),
@@ -118,8 +120,19 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
+    def schema_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as connection:
+                return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except SQLAlchemyError:
+            return None
+
     def migrate(self) -> None:
-        """Bring the schema to the latest Alembic revision (a no-op when it is there)."""
+        """Bring the schema to the latest Alembic revision. When the database is there already,
+        Alembic is not even imported (a fast start for every worker and instance)."""
+        if self.schema_revision() == SCHEMA_REVISION:
+            self.engine.dispose()
+            return
         from alembic import command
         from alembic.config import Config
 
@@ -194,13 +207,14 @@ class Store:
 
     # --- audit ---------------------------------------------------------------------------------
     def add_audit(self, records: Iterable[dict[str, Any]]) -> None:
-        """Each record: the audit columns plus "cards": [{card_uuid, topic, rule_id, indicator}]."""
+        """Each record: the audit columns plus "cards": [{card_uuid, topic, rule_id, indicator}].
+        A batch is two bulk inserts, whatever its size."""
+        records = list(records)
+        cards = [{**card, "consult_id": record["consult_id"]} for record in records for card in record["cards"]]
         with self.engine.begin() as connection:
-            for record in records:
-                cards = record.pop("cards")
-                audit_id = connection.execute(audit.insert().values(**record)).inserted_primary_key[0]
-                if cards:
-                    connection.execute(audit_card.insert(), [{**card, "audit_id": audit_id} for card in cards])
+            connection.execute(audit.insert(), [{k: v for k, v in record.items() if k != "cards"} for record in records])
+            if cards:
+                connection.execute(audit_card.insert(), cards)
 
     def audit_rows(self, since: datetime | None = None) -> list[dict[str, Any]]:
         query = select(audit).order_by(audit.c.id)
@@ -214,7 +228,7 @@ class Store:
         query = (select(audit_card.c.card_uuid, audit_card.c.topic, audit_card.c.rule_id, audit.c.silent,
                         feedback.c.id.label("feedback_id"), feedback.c.outcome, feedback.c.outcome_timestamp,
                         feedback.c.override_reason_code, feedback.c.override_reason_display)
-                 .select_from(audit_card.join(audit, audit_card.c.audit_id == audit.c.id)
+                 .select_from(audit_card.join(audit, audit_card.c.consult_id == audit.c.consult_id)
                               .outerjoin(feedback, feedback.c.card_uuid == audit_card.c.card_uuid))
                  .order_by(audit_card.c.card_uuid, feedback.c.outcome_timestamp, feedback.c.id))
         if since is not None:

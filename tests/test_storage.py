@@ -62,6 +62,17 @@ def test_the_tables_in_code_match_the_migrations(database_url):
     assert differences == []
 
 
+def test_the_code_knows_the_latest_schema_revision():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from cds_service.storage import MIGRATIONS, SCHEMA_REVISION
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_current_head() == SCHEMA_REVISION
+
+
 def test_instances_starting_at_once_migrate_one_after_the_other(database_url):
     """Three instances (processes) start together on an empty database: all come up."""
     code = ("from cds_service import create_app; create_app({'database_url': %r, 'auth': 'off'}); print('up')" % database_url)

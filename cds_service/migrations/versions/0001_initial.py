@@ -58,7 +58,7 @@ def upgrade() -> None:
     op.create_table(
         "audit_card",
         sa.Column("card_uuid", sa.String(64), primary_key=True),
-        sa.Column("audit_id", sa.Integer, sa.ForeignKey("audit.id"), nullable=False, index=True),
+        sa.Column("consult_id", sa.String(64), sa.ForeignKey("audit.consult_id"), nullable=False, index=True),
         sa.Column("topic", sa.String(64), nullable=False),
         sa.Column("rule_id", sa.String(16), nullable=False),
         sa.Column("indicator", sa.String(16), nullable=False),
