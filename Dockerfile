@@ -1,5 +1,8 @@
 # The same steps as `make run`: install the package, serve it with gunicorn (gunicorn.conf.py).
-# Build: docker build -t lumbar-mri-cds .   Run: docker run -p 8080:8080 -e CDS_AUTH=... lumbar-mri-cds
+# Build: docker build -t lumbar-mri-cds .
+# Run:   docker run -p 8080:8080 -v /etc/cds:/etc/cds:ro -e CDS_TRUSTED_ISSUERS=/etc/cds/issuers.json \
+#          -e CDS_AUDIT_KEY=... -e CDS_DATABASE_URL=postgresql+psycopg://... lumbar-mri-cds
+# Authentication is required by default: without CDS_TRUSTED_ISSUERS the service refuses to start.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

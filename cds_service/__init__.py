@@ -1,7 +1,6 @@
 """Lumbar spine MRI appropriateness as a CDS Hooks 2.0 service."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 from flask import Flask
@@ -10,8 +9,6 @@ from .configuration import Settings, load_settings
 
 __all__ = ["create_app"]
 
-log = logging.getLogger(__name__)
-
 # create_app(config) keys that are collaborators rather than settings (tests inject these).
 _INJECTABLE = ("clock", "fhir_client_factory")
 
@@ -19,12 +16,12 @@ _INJECTABLE = ("clock", "fhir_client_factory")
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     """Application factory: settings from the environment, overridden by `config`."""
     from . import api, feedback, health, metrics, openapi
-    from .logs import init_request_log
     from .audit import AuditTrail
+    from .configuration import AuthMode
     from .evaluation import Evaluator
     from .knowledge import Knowledge
+    from .logs import init_request_log
     from .runtime import Runtime
-    from .configuration import AuthMode
     from .security import Authenticator, ReplayGuard, TrustError, init_auth, init_cors, load_trusted_issuers
     from .services import load_services
     from .storage import Store
@@ -49,7 +46,9 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         store=store,
         audit=AuditTrail(store, settings.audit_key, settings.audit_write),
     )
-    metrics.init_app(app, list(app.extensions["cds"].services))  # first: times every request
+    # Request hooks run in this order: timing, the CORS preflight (before any credential), then
+    # authentication; the request log line is written last.
+    metrics.init_app(app, list(app.extensions["cds"].services))
     init_cors(app, settings.cors_origins)
     authenticator = None
     if settings.auth is AuthMode.REQUIRED:
