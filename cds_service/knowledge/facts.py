@@ -98,12 +98,6 @@ class Facts:
     looked_at: dict[str, int] = field(default_factory=dict)
     unavailable: list[str] = field(default_factory=list)
 
-    @property
-    def red_flags(self) -> list[Evidence]:
-        return [*self.cauda_equina, *self.ces_signs, *self.severe_deficit, *self.weakness, *self.cancer,
-                *self.spinal_metastasis, *self.spinal_infection, *self.fever, *self.immunosuppression,
-                *self.vertebral_fracture, *self.lumbar_surgery]
-
 
 # --- FHIR value helpers (typed R4B models) -------------------------------------------------------
 

@@ -297,6 +297,3 @@ class ReadingList:
                     narrowed = self._elements.get(value_set_id, EVERYTHING)
                     elements = narrowed if elements is None else elements | narrowed
         return elements
-
-    def wants(self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None) -> bool:
-        return self.reads(resource_type, codings, when) is not None
