@@ -100,8 +100,9 @@ def _malignancy(f: Facts, t: Thresholds) -> Finding | None:
     strong = f.spinal_metastasis + [e for e in f.cancer if e not in f.spinal_metastasis]
     if strong:
         critical = bool(f.severe_deficit or f.weakness or f.ces_signs)
+        what = "Spinal metastasis recorded" if f.spinal_metastasis else "Cancer recorded"
         return Finding(RULES_BY_ID["R-03"], strong, "critical" if critical else "warning",
-                       "Cancer history with back pain: urgent MRI" + (" today (possible cord compression)" if critical else " (within a week)"),
+                       f"{what} with back pain: urgent MRI" + (" today (possible cord compression)" if critical else " (within a week)"),
                        "A history of cancer is the most informative red flag for spinal metastasis (ACP 2007, 2011). "
                        "ACR variant 7: MRI without, or without and with, contrast is usually appropriate. Any "
                        "neurological deficit means suspected metastatic cord compression: image the same day; consider "
