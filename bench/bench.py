@@ -109,10 +109,10 @@ def bench_w3(tmp: Path) -> dict:
         floor_session = requests.Session()  # the floor is a warm keep-alive query too
         for _ in range(3):
             assert client.post(SELECT, data=body, content_type="application/json").status_code == 200
-            floor_session.get(f"{base}/Condition?patient=bench-patient").content
+            _ = floor_session.get(f"{base}/Condition?patient=bench-patient").content
         for _ in range(25):
             started = time.perf_counter()
-            floor_session.get(f"{base}/Condition?patient=bench-patient").content
+            _ = floor_session.get(f"{base}/Condition?patient=bench-patient").content
             one.append(time.perf_counter() - started)
             started = time.perf_counter()
             response = client.post(SELECT, data=body, content_type="application/json")

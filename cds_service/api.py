@@ -5,7 +5,7 @@ import logging
 import time
 import traceback
 
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask, g
 from werkzeug.exceptions import HTTPException
 
 from . import metrics

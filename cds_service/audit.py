@@ -74,7 +74,7 @@ class AuditTrail:
                 "fallback_used": bool(evaluation.record and evaluation.record.fallback_used), "silent": silent,
                 "latency_ms": round(latency_ms, 2),
                 "cards": [{"card_uuid": card["uuid"], "topic": card["source"]["topic"]["code"], "rule_id": rule_id,
-                           "indicator": card["indicator"]} for card, rule_id in zip(result.cards, result.card_rules)],
+                           "indicator": card["indicator"]} for card, rule_id in zip(result.cards, result.card_rules, strict=True)],
             })
         return rows
 

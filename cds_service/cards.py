@@ -17,7 +17,7 @@ from typing import Any, Callable
 import orjson
 
 from .knowledge.facts import Evidence, Facts
-from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, UNA
+from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA
 from .knowledge.rules import DEFER, REPEAT, Assessment, Finding, Proposal, rating_for
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"

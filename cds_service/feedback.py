@@ -5,7 +5,7 @@ import logging
 from datetime import datetime, timezone
 
 import msgspec
-from flask import Blueprint, request
+from flask import Blueprint
 from sqlalchemy.exc import SQLAlchemyError
 
 from .protocol import CdsError, FeedbackEntry, FeedbackRequest, decode, parse_instant

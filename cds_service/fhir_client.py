@@ -13,10 +13,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 from urllib.parse import urljoin, urlsplit
 
-import msgspec
 import requests
 import requests.adapters
 import urllib3
@@ -62,10 +61,6 @@ class PageParser(Protocol):
     def __call__(self, body: bytes) -> tuple[Any, str | None]: ...
 
 
-def parse_links_only(body: bytes) -> tuple[bytes, str | None]:
-    return body, next_link(body)
-
-
 def _origin_and_path(url: str) -> tuple[str, str, str] | None:
     try:
         parts = urlsplit(url)
@@ -91,31 +86,6 @@ def is_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
         if target[2] == allowed[2] or target[2].startswith(allowed[2] + "/"):
             return True
     return False
-
-
-class _Link(msgspec.Struct):
-    relation: str = ""
-    url: str = ""
-
-
-class _BundleLinks(msgspec.Struct):
-    resourceType: str = ""
-    link: list[_Link] = []
-
-
-_links_decoder = msgspec.json.Decoder(_BundleLinks)
-
-
-def next_link(body: bytes) -> str | None:
-    """The searchset's `next` URL, if any (bodies that are not JSON objects have none)."""
-    try:
-        bundle = _links_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    for link in bundle.link:
-        if link.relation == "next" and link.url:
-            return link.url
-    return None
 
 
 class ConnectionPools:
@@ -164,8 +134,8 @@ class FhirClient:
         budget_seconds: float,
         max_pages: int,
         max_response_bytes: int,
+        parse: PageParser,
         pools: ConnectionPools | None = None,
-        parse: PageParser = parse_links_only,
     ) -> None:
         self._parse = parse
         self._pools = pools

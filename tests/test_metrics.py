@@ -11,7 +11,6 @@ from servers import captured_logs, gunicorn
 
 
 def sample(text: str, name: str, **labels) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from cds_service import create_app
 from cds_service.analytics import build_report
 from cds_service.storage import Store, metadata
 from conftest import ROOT, SELECT, load_request

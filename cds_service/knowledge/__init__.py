@@ -5,7 +5,6 @@ thresholds): no HTTP, no Flask, no module-level state beyond constants.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 

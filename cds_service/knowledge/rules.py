@@ -17,7 +17,7 @@ from typing import Callable
 from ..configuration import Thresholds
 from .facts import Evidence, Facts
 from .guidelines import (ACEP_CW, ACOG_723, ACP_2007, ACP_2011, ACR_LBP, ACR_LBP_2016, ACR_MR_SAFETY, ACR_NKF_GBCA,
-                         ARGONAUT_PAMA, CHOOSING_WISELY, EL_BARZOUHI, HRS_2017, MBA, NASS_2014, NICE_NG59, UA, UNA, V1,
+                         ARGONAUT_PAMA, CHOOSING_WISELY, EL_BARZOUHI, HRS_2017, NASS_2014, NICE_NG59, UA, UNA, V1,
                          V2, V3, V4, V5, V6, V7, Citation, Variant)
 
 EMERGENCY, URGENT, ADVICE, REPEAT, FAILED_CARE, DEFER, SAFETY = "emergency", "urgent", "advice", "repeat", "failed-care", "defer", "safety"
@@ -335,7 +335,7 @@ def _gadolinium_kidney(f: Facts, t: Thresholds) -> Finding | None:
     if f.study is None or not f.study.uses_contrast or not f.low_egfr:
         return None
     return Finding(RULES_BY_ID["R-15"], f.low_egfr, "warning",
-                   f"Reduced kidney function: if contrast is essential use a group II gadolinium agent",
+                   "Reduced kidney function: if contrast is essential use a group II gadolinium agent",
                    f"eGFR below {t.egfr_low:g}, dialysis or acute kidney injury is recorded. The risk of NSF with group "
                    "II agents is very low and contrast should not be withheld when it is needed (ACR-NKF 2021); "
                    "consider whether MRI without contrast answers the question. Do not switch to CT for this reason.",
