@@ -8,6 +8,7 @@ string contains the patient id.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -40,6 +41,9 @@ _urllib3_log.setLevel(logging.WARNING)  # no request lines, even when the servic
 _urllib3_log.addFilter(_RedactQueryStrings())
 for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retry"):
     logging.getLogger(_name).addFilter(_RedactQueryStrings())
+
+_READ_SIZE = 1024 * 1024
+
 
 class FetchFailed(Exception):
     """A prefetch key could not be fetched; `reason` is safe to log and to show to the client."""
@@ -94,11 +98,26 @@ class ConnectionPools:
     each request, and requests are sent at the adapter level, so no cookie jar exists that could
     carry something set for one user into another user's call."""
 
-    def __init__(self, max_servers: int = 16, connections_per_server: int = 8) -> None:
+    def __init__(self, max_servers: int = 16, connections_per_server: int = 8, max_threads: int = 64) -> None:
         self._adapters: dict[str, requests.adapters.HTTPAdapter] = {}
         self._max_servers = max_servers
         self._connections = connections_per_server
+        self._max_threads = max_threads
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0
         self._lock = threading.Lock()
+
+    def executor(self) -> ThreadPoolExecutor:
+        """Fetching threads kept alive between hook calls: starting six threads per call put
+        their start-up on every call's critical path. Idle threads are reused and new ones started
+        only when none is idle, so a thread still held by a slow server from an earlier call
+        never delays this one. Created in the process that uses it (gunicorn forks after
+        --preload, and threads do not survive a fork)."""
+        with self._lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = ThreadPoolExecutor(max_workers=self._max_threads, thread_name_prefix="fhir-fetch")
+                self._executor_pid = os.getpid()
+            return self._executor
 
     def adapter_for(self, base_url: str) -> requests.adapters.HTTPAdapter:
         origin = _origin_and_path(base_url)
@@ -116,6 +135,9 @@ class ConnectionPools:
             for adapter in self._adapters.values():
                 adapter.close()
             self._adapters.clear()
+            if self._executor is not None and self._executor_pid == os.getpid():
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 def _new_adapter(connections: int) -> requests.adapters.HTTPAdapter:
@@ -155,7 +177,7 @@ class FhirClient:
         if not queries:
             return results, failures
         workers = min(8, len(queries))
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-fetch")
+        pool = self._pools.executor() if self._pools else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-fetch")
         # One connection pool for all keys, holding one connection per concurrent key.
         adapter = self._pools.adapter_for(self.base_url) if self._pools else _new_adapter(workers)
         try:
@@ -174,7 +196,10 @@ class FhirClient:
             for future in pending:
                 failures[futures[future]] = f"no answer within the {self._budget:g} s budget"
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            for future in pending:
+                future.cancel()  # not started yet: it never will be
+            if self._pools is None:
+                pool.shutdown(wait=False, cancel_futures=True)
             if self._pools is None and not pending:
                 adapter.close()  # a thread still waiting on a slow server keeps using it until it gives up
         return results, failures
@@ -224,14 +249,24 @@ class FhirClient:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self._max_bytes:
                 raise FetchFailed(key, "the FHIR server's answer is larger than allowed")
+            return self._read_body(response, key, deadline)
+
+    def _read_body(self, response: requests.Response, key: str, deadline: float) -> bytes:
+        """The body as it arrives, checked against the size limit and the budget after each read:
+        a server that drips its answer cannot hold a fetching thread past the budget (the caller
+        has stopped waiting by then; the thread must stop too, or it would tie up the pool)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             try:
-                # One read up to the limit: fewer GIL hand-offs than chunked reads when the keys
-                # are fetched side by side. The budget is enforced by the caller's wait().
-                body = response.raw.read(self._max_bytes + 1, decode_content=True)
+                chunk = response.raw.read1(_READ_SIZE, decode_content=True)  # whatever has arrived, up to _READ_SIZE
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise FetchFailed(key, f"the FHIR server's answer broke off ({type(exc).__name__})") from None
-            if len(body) > self._max_bytes:
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self._max_bytes:
                 raise FetchFailed(key, "the FHIR server's answer is larger than allowed")
             if time.monotonic() > deadline:
                 raise FetchFailed(key, f"no answer within the {self._budget:g} s budget")
-        return body

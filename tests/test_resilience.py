@@ -24,6 +24,7 @@ class LoopbackServer:
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.stopped = threading.Event()
+        self.open_connections = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -35,6 +36,7 @@ class LoopbackServer:
             threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
 
     def _handle(self, connection):
+        self.open_connections += 1
         try:
             connection.recv(65536)
             self.behaviour(connection, self.stopped)
@@ -42,6 +44,7 @@ class LoopbackServer:
             pass
         finally:
             connection.close()
+            self.open_connections -= 1
 
     def close(self):
         self.stopped.set()
@@ -70,6 +73,7 @@ def server_factory():
     def start(behaviour):
         server = LoopbackServer(behaviour)
         servers.append(server)
+        start.last = server
         return f"http://127.0.0.1:{server.port}/fhir"
 
     yield start
@@ -96,6 +100,19 @@ def test_misbehaving_fhir_server_is_answered_within_the_budget(make_app, server_
     assert response.status_code == 412
     assert re.search(reason, " ".join(i["diagnostics"] for i in response.get_json()["issue"]))
     assert elapsed < 2.5  # the budget (0.8 s), not the server, decides
+
+
+def test_a_dripping_server_is_let_go_once_the_budget_is_spent(make_app, server_factory):
+    """Fetching threads are kept between calls; one still reading a drip after its call was
+    answered would tie up the pool. The service hangs up instead, so the server sees its
+    connection closed soon after the budget."""
+    base = server_factory(drip)
+    client = make_app(fhir_server_allowlist=(base,), fhir_budget_seconds=0.3).test_client()
+    assert client.post(SELECT, json=missing_conditions(base)).status_code == 412
+    deadline = time.monotonic() + 2.0
+    while server_factory.last.open_connections and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server_factory.last.open_connections == 0
 
 
 def test_refused_connection_is_a_prompt_412(make_app):
