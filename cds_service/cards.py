@@ -46,6 +46,7 @@ TOPICS = {
     "gadolinium-pregnancy": "Gadolinium in pregnancy",
     "mri-safety": "MRI safety",
     "claustrophobia": "Claustrophobia",
+    "inflammatory-back-pain": "Inflammatory back pain",
 }
 RATING_DISPLAYS = {"appropriate": "Appropriate", "not-appropriate": "Not appropriate",
                    "no-criteria-apply": "No criteria apply"}
@@ -69,6 +70,7 @@ _OVERRIDES = {
     "ct-alternative": [
         ("mr-status-verified-conditional", "MR status verified: MRI can proceed"),
         ("radiology-consulted", "Discussed with radiology"),
+        ("ct-already-done", "CT already done or arranged"),
         ("other", "Other reason"),
     ],
 }
@@ -182,7 +184,8 @@ class Presenter:
             actions = [{"type": "update", "description": f"Set the MRI order's priority to {proposal.value}", "resource": resource}]
         elif proposal.kind == "replace-study":
             site = self.site_codes[proposal.value][0]
-            category = _category_of(site, assessment)
+            # outside the low back pain criteria (assessment.category None), so is the suggested study
+            category = _category_of(site, assessment) if assessment.category is not None else None
             resource = self.rated_copy(order, rating_for(category), category)
             resource["code"] = {"coding": [dict(site["coding"])], "text": site["coding"]["display"]}
             description = f"Change the order to {site['coding']['display']}"

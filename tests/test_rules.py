@@ -54,10 +54,13 @@ def red_flag_codes():
                "immunosuppression": [(ICD, "Z94.0"), (ICD, "Z79.624")], "fracture-risk": [(ICD, "M80.08XA")],
                "vertebral-fracture": [(ICD, "S32.010A")], "spinal-infection": [(ICD, "M46.26"), (ICD, "M46.47")],
                "bladder-bowel-dysfunction": [(ICD, "N39.41")], "recent-infection": [(ICD, "A41.9")],
-               "low-velocity-trauma": [(ICD, "W19.XXXA")]}
+               "low-velocity-trauma": [(ICD, "W19.XXXA")],
+               "high-energy-trauma": [(ICD, "V43.52XA"), (ICD, "V29.9XXA"), (ICD, "V03.10XA"), (ICD, "W13.9XXA"), (ICD, "W17.89XA")],
+               "axial-spondyloarthritis": [(ICD, "M45.6"), (ICD, "M45.A6"), (ICD, "M46.1")]}
     for value_set_id in ("cauda-equina", "bladder-bowel-dysfunction", "severe-neuro-deficit", "motor-weakness", "malignancy",
                          "spinal-metastasis", "spinal-infection", "fever", "iv-drug-use", "recent-infection", "immunosuppression",
-                         "fracture-risk", "vertebral-fracture", "lumbar-surgery", "low-velocity-trauma"):
+                         "fracture-risk", "vertebral-fracture", "lumbar-surgery", "low-velocity-trauma", "high-energy-trauma",
+                         "axial-spondyloarthritis"):
         value_set = knowledge[value_set_id]
         codes = [(system, code) for system, code in value_set.codes] + samples.get(value_set_id, [])
         for system, code in codes:
@@ -65,6 +68,8 @@ def red_flag_codes():
 
 
 RED_FLAGS = list(red_flag_codes())
+# Outside the ACR low back pain criteria: never deferred, and the order is rated no-criteria-apply.
+UNRATED = {"high-energy-trauma", "axial-spondyloarthritis"}
 
 
 @pytest.mark.parametrize("scenario", DEFERRED)
@@ -74,7 +79,8 @@ def test_no_recorded_red_flag_is_ever_deferred(app, scenario):
     for value_set_id, system, code in RED_FLAGS:
         request = condition(load_request(scenario), system, code.replace(" ", ""))
         assessment, response = run(app, request)
-        if "defer-imaging" in topics(response) or assessment.rating != "appropriate":
+        expected = "no-criteria-apply" if value_set_id in UNRATED else "appropriate"
+        if "defer-imaging" in topics(response) or assessment.rating != expected:
             failures.append(f"{value_set_id} {code}: {topics(response)} {assessment.rating}")
     assert failures == []
     assert len(RED_FLAGS) > 100
@@ -253,3 +259,50 @@ def test_age_is_not_recorded_means_no_age_rules(app):
     request = load_request("acute-lbp-defer")
     del request["prefetch"]["patient"]["birthDate"]
     assert run(app, request)[0].fired[0] == "R-08"
+
+
+def test_high_energy_trauma_means_ct_first_on_the_trauma_pathway(app):
+    assessment, response = run(app, condition(load_request("acute-lbp-defer"), ICD, "V43.52XA"))
+    assert assessment.fired[0] == "R-TRAUMA-MAJOR" and assessment.rating == "no-criteria-apply"
+    [card] = response["cards"]
+    assert topics(response) == ["ct-alternative"] and card["indicator"] == "critical"
+    [first, _] = card["suggestions"]
+    [update] = first["actions"]
+    assert first["isRecommended"] and update["resource"]["code"]["coding"][0]["code"] == "72131"
+    assert update["resource"]["priority"] == "stat"
+
+
+@pytest.mark.parametrize("code", ["W01.0XXA", "V00.131A"])  # a fall on the same level; a skateboard fall
+def test_low_energy_injuries_are_not_the_trauma_pathway(app, code):
+    assessment, _ = run(app, condition(load_request("acute-lbp-defer"), ICD, code))
+    assert "R-TRAUMA-MAJOR" not in assessment.fired
+
+
+def test_a_collision_years_before_this_episode_does_not_count(app):
+    assessment, response = run(app, condition(load_request("acute-lbp-defer"), ICD, "V43.52XA", onset="2019-03-01"))
+    assert assessment.fired[0] == "R-08" and "defer-imaging" in topics(response)
+
+
+def test_high_energy_trauma_in_pregnancy_leaves_the_study_to_radiology(app):
+    request = condition(condition(load_request("acute-lbp-defer"), ICD, "V43.52XA"), ICD, "Z33.1")
+    _, response = run(app, request)
+    [card] = [c for c in response["cards"] if c["source"]["topic"]["code"] == "ct-alternative"]
+    codes = [a["resource"]["code"]["coding"][0]["code"] for s in card.get("suggestions", []) for a in s["actions"]
+             if a.get("resource", {}).get("code")]
+    assert "72131" not in codes and "radiology" in card["summary"]
+
+
+def test_axial_spondyloarthritis_is_not_deferred_and_not_rated_by_these_criteria(app):
+    assessment, response = run(app, condition(load_request("subacute-no-conservative-care"), ICD, "M45.6", onset="2024-02-01"))
+    assert assessment.fired[0] == "R-AS" and assessment.rating == "no-criteria-apply"
+    assert topics(response) == ["inflammatory-back-pain"] and response["cards"][0]["indicator"] == "info"
+    [rating] = response["systemActions"]
+    [extension] = [e for e in rating["resource"]["extension"] if e["url"].endswith("pama-rating")]
+    assert extension["valueCodeableConcept"]["coding"][0]["code"] == "no-criteria-apply"
+
+
+def test_a_red_flag_outranks_axial_spondyloarthritis(app):
+    request = condition(condition(load_request("acute-lbp-defer"), ICD, "M45.6", onset="2024-02-01"), ICD, "G83.4")
+    assessment, response = run(app, request)
+    assert assessment.fired[:2] == ["R-01", "R-AS"] and assessment.rating == "appropriate"
+    assert topics(response) == ["urgent-imaging"]

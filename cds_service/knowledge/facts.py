@@ -80,7 +80,9 @@ class Facts:
     immunosuppression: list[Evidence] = field(default_factory=list)
     fracture_risk: list[Evidence] = field(default_factory=list)
     vertebral_fracture: list[Evidence] = field(default_factory=list)
-    recent_trauma: list[Evidence] = field(default_factory=list)
+    recent_trauma: list[Evidence] = field(default_factory=list)  # low-velocity: a fall, a minor injury
+    major_trauma: list[Evidence] = field(default_factory=list)  # high-energy: a vehicle collision, a fall from height
+    axial_spa: list[Evidence] = field(default_factory=list)  # inflammatory back pain: not deferred, not rated
     lumbar_surgery: list[Evidence] = field(default_factory=list)
     surgery_date: date | None = None
     # management and history
@@ -320,6 +322,8 @@ class FactReader:
         facts.sepsis = self._conditions_in(conditions, "sepsis", within_days=self.t.recent_infection_days)
         facts.immunosuppression = self._conditions_in(conditions, "immunosuppression")
         facts.recent_trauma = self._conditions_in(conditions, "low-velocity-trauma", new_only=True, facts=facts)
+        facts.major_trauma = self._conditions_in(conditions, "high-energy-trauma", new_only=True, facts=facts)
+        facts.axial_spa = self._conditions_in(conditions, "axial-spondyloarthritis")
         facts.fracture_risk = self._conditions_in(conditions, "fracture-risk") + facts.recent_trauma
         if facts.age is not None and facts.age >= self.t.elderly_age:
             facts.fracture_risk.append(Evidence("Patient", record.patient.id if record.patient else None,

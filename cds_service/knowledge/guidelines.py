@@ -43,6 +43,10 @@ ACR_NKF_GBCA = Citation("ACR-NKF consensus: gadolinium-based contrast in kidney 
                         "https://pubmed.ncbi.nlm.nih.gov/33170103/")
 ACOG_723 = Citation("ACOG Committee Opinion 723: diagnostic imaging during pregnancy (endorsed by ACR)",
                     "https://pubmed.ncbi.nlm.nih.gov/28937575/")
+ACR_SPINE_TRAUMA = Citation("ACR Appropriateness Criteria: Acute Spinal Trauma (2024 update), variant 9: blunt trauma "
+                            "meeting criteria for thoracic and lumbar imaging", "https://acsearch.acr.org/list")
+ACR_AXIAL_SPA = Citation("ACR Appropriateness Criteria: Inflammatory Back Pain, known or suspected axial spondyloarthritis",
+                         "https://acsearch.acr.org/list")
 ARGONAUT_PAMA = Citation("Argonaut: CDS Hooks for PAMA", "https://github.com/argonautproject/cds-hooks-for-pama")
 
 

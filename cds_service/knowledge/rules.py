@@ -1,9 +1,10 @@
 """The rule base R-01..R-18: one entry per rule, pure functions of the facts and the thresholds.
 
-Precedence (clinical specification 7.1 and 7.3): emergency (R-01, R-02) -> urgent (R-03, R-04)
--> imaging appropriate with advice (R-05, R-07, R-06) -> repeat (R-11) -> failed care (R-10,
-R-10b) -> defer (R-08, R-09). The first that fires decides the one appropriateness card of the
-order; any red flag (R-01..R-07) rules out deferral. Safety and modality rules (R-12..R-17) are
+Precedence (clinical specification 7.1 and 7.3): emergency (R-01, R-02, R-TRAUMA-MAJOR) -> urgent
+(R-03, R-04) -> imaging appropriate with advice (R-05, R-07, R-06), or outside these criteria
+(R-AS) -> repeat (R-11) -> failed care (R-10, R-10b) -> defer (R-08, R-09). The first that fires
+decides the one appropriateness card of the order; any red flag (R-01..R-07, R-TRAUMA-MAJOR) and
+axial spondyloarthritis (RF-AS) rule out deferral. Safety and modality rules (R-12..R-17) are
 orthogonal and apply only when imaging goes ahead. R-18 rates the order (Argonaut PAMA).
 
 To add a rule: one Rule entry below (id, card topic, variant, citations, test), its value sets,
@@ -16,8 +17,8 @@ from typing import Callable
 
 from ..configuration import Thresholds
 from .facts import Evidence, Facts
-from .guidelines import (ACEP_CW, ACOG_723, ACP_2007, ACP_2011, ACR_LBP, ACR_LBP_2016, ACR_MR_SAFETY, ACR_NKF_GBCA,
-                         ARGONAUT_PAMA, CHOOSING_WISELY, EL_BARZOUHI, HRS_2017, NASS_2014, NICE_NG59, UA, UNA, V1,
+from .guidelines import (ACEP_CW, ACOG_723, ACP_2007, ACP_2011, ACR_AXIAL_SPA, ACR_LBP, ACR_LBP_2016, ACR_MR_SAFETY,
+                         ACR_NKF_GBCA, ACR_SPINE_TRAUMA, ARGONAUT_PAMA, CHOOSING_WISELY, EL_BARZOUHI, HRS_2017, NASS_2014, NICE_NG59, UA, UNA, V1,
                          V2, V3, V4, V5, V6, V7, Citation, Variant)
 
 EMERGENCY, URGENT, ADVICE, REPEAT, FAILED_CARE, DEFER, SAFETY = "emergency", "urgent", "advice", "repeat", "failed-care", "defer", "safety"
@@ -63,6 +64,7 @@ class Rule:
     variant: Variant | None
     citations: tuple[Citation, ...]
     test: Callable[[Facts, Thresholds], Finding | None]
+    rated: bool = True  # False: the ACR low back pain criteria do not cover it; the order is rated no-criteria-apply
 
 
 # --- red flags ---------------------------------------------------------------------------------
@@ -94,6 +96,28 @@ def _neuro_deficit(f: Facts, t: Thresholds) -> Finding | None:
                    "progressive or multi-level deficit needs same-day imaging.",
                    [Proposal("set-priority", "stat" if critical else "urgent",
                              "Keep the MRI and make it " + ("STAT" if critical else "urgent"), recommended=True)])
+
+
+def _major_trauma(f: Facts, t: Thresholds) -> Finding | None:
+    if not f.major_trauma:
+        return None
+    if f.pregnancy:  # pregnancy never prompts CT; nor does it withhold CT after major trauma
+        return Finding(RULES_BY_ID["R-TRAUMA-MAJOR"], f.major_trauma, "critical",
+                       "High-energy trauma recorded in pregnancy: trauma pathway now; agree CT or MRI with radiology",
+                       "After a vehicle collision or a fall from height the spine is assessed on the trauma pathway, "
+                       "where CT is the usual first study (ACR acute spinal trauma). CT is not withheld in pregnancy "
+                       "when it is needed (ACOG 723), but it exposes the fetus: decide the study with radiology. "
+                       "This is not back pain to defer.",
+                       [Proposal("set-priority", "stat", "Keep the MRI and make it STAT")], also=f.pregnancy)
+    return Finding(RULES_BY_ID["R-TRAUMA-MAJOR"], f.major_trauma, "critical",
+                   "High-energy trauma recorded: CT of the spine first (trauma pathway), do not defer",
+                   "After a vehicle collision or a fall from height, CT of the thoracic and lumbar spine (often "
+                   "reconstructed from a chest, abdomen and pelvis CT) is the usual first study (ACR acute spinal "
+                   "trauma, outside the low back pain criteria; ACR 2016: CT when fracture is the concern). MRI "
+                   "follows for a neurological deficit or a suspected cord or ligament injury.",
+                   [Proposal("replace-study", "ct_lumbar_without_contrast", "Replace with CT lumbar spine without contrast, STAT",
+                             recommended=True, priority="stat"),
+                    Proposal("set-priority", "stat", "Keep the MRI and make it STAT")])
 
 
 def _malignancy(f: Facts, t: Thresholds) -> Finding | None:
@@ -192,6 +216,18 @@ def _fracture_risk(f: Facts, t: Thresholds) -> Finding | None:
                    "a neurological deficit, or films are negative and suspicion persists.",
                    [Proposal("replace-study", "xr_lumbar", "Order lumbar spine radiographs instead"),
                     Proposal("replace-study", "ct_lumbar_without_contrast", "Order CT lumbar spine without contrast instead")])
+
+
+def _axial_spondyloarthritis(f: Facts, t: Thresholds) -> Finding | None:
+    if not f.axial_spa:
+        return None
+    return Finding(RULES_BY_ID["R-AS"], f.axial_spa, "info",
+                   "Axial spondyloarthritis recorded: not for deferral; consider rheumatology and sacroiliac-joint imaging",
+                   "Inflammatory back pain is outside the ACR low back pain criteria (ACR has a separate topic for "
+                   "axial spondyloarthritis) and is not managed by waiting 6 weeks (ACP 2007; NICE NG59 1.1.1). "
+                   "Radiographs or MRI of the sacroiliac joints and a rheumatology opinion are the usual next steps; "
+                   "lumbar MRI is for another indication such as a neurological deficit or a suspected fracture of "
+                   "the ankylosed spine.")
 
 
 # --- no red flag: repeat, failed care, defer -----------------------------------------------------
@@ -371,11 +407,15 @@ RULES: tuple[Rule, ...] = (
          (ACR_LBP, ACP_2011, ACEP_CW), _cauda_equina),
     Rule("R-02", "Severe or progressive neurological deficit", EMERGENCY, "urgent-imaging", V4,
          (ACP_2007, ACP_2011, ACR_LBP_2016), _neuro_deficit),
+    Rule("R-TRAUMA-MAJOR", "High-energy trauma", EMERGENCY, "ct-alternative", None,
+         (ACR_SPINE_TRAUMA, ACR_LBP_2016), _major_trauma, rated=False),
     Rule("R-03", "Suspected malignancy", URGENT, "urgent-imaging", V7, (ACR_LBP, ACP_2007, ACP_2011), _malignancy),
     Rule("R-04", "Suspected spinal infection", URGENT, "urgent-imaging", V7, (ACR_LBP, ACP_2011, ACEP_CW), _infection),
     Rule("R-05", "Immunosuppression", ADVICE, "imaging-appropriate", V7, (ACR_LBP,), _immunosuppression),
     Rule("R-07", "Prior lumbar surgery with new symptoms", ADVICE, "prior-lumbar-surgery", V5, (ACR_LBP,), _prior_surgery),
     Rule("R-06", "Fracture risk", ADVICE, "fracture-risk", V6, (ACR_LBP, ACR_LBP_2016, ACP_2011), _fracture_risk),
+    Rule("R-AS", "Axial spondyloarthritis (inflammatory back pain)", ADVICE, "inflammatory-back-pain", None,
+         (ACR_AXIAL_SPA, ACP_2007, NICE_NG59), _axial_spondyloarthritis, rated=False),
     Rule("R-11", "Repeat imaging without clinical change", REPEAT, "defer-imaging", None, (ACP_2011, EL_BARZOUHI), _repeat_imaging),
     Rule("R-10", "Failed conservative care, intervention candidate", FAILED_CARE, "imaging-appropriate", V3,
          (ACR_LBP, ACP_2007, NASS_2014), _failed_care),
@@ -451,6 +491,8 @@ def assess(facts: Facts, thresholds: Thresholds) -> Assessment:
         assessment.fired.append("R-12")
     elif primary.rule.group in (REPEAT, DEFER):
         category = UNA
+    elif not primary.rule.rated:
+        category = None  # outside the low back pain criteria
     else:
         category = assessment.variant.mri_category(study.contrast if study else "without") if assessment.variant else UA
     assessment.category = category
