@@ -184,8 +184,7 @@ class Presenter:
             actions = [{"type": "update", "description": f"Set the MRI order's priority to {proposal.value}", "resource": resource}]
         elif proposal.kind == "replace-study":
             site = self.site_codes[proposal.value][0]
-            # outside the low back pain criteria (assessment.category None), so is the suggested study
-            category = _category_of(site, assessment) if assessment.category is not None else None
+            category = _category_of(site, assessment)
             resource = self.rated_copy(order, rating_for(category), category)
             resource["code"] = {"coding": [dict(site["coding"])], "text": site["coding"]["display"]}
             description = f"Change the order to {site['coding']['display']}"
@@ -224,7 +223,10 @@ class Presenter:
 
 
 def _category_of(site: dict[str, Any], assessment: Assessment) -> str | None:
-    """The ACR category of a suggested study in the assessment's variant."""
+    """The ACR category of a suggested study in the assessment's variant; none when the order is
+    outside the low back pain criteria (R-TRAUMA-MAJOR, R-AS), as the suggested study is then too."""
+    if assessment.category is None:
+        return None
     variant = assessment.variant
     modality = site.get("modality")
     if modality == "mri":

@@ -25,6 +25,7 @@ class LoopbackServer:
         self.port = self.sock.getsockname()[1]
         self.stopped = threading.Event()
         self.open_connections = 0
+        self._count_lock = threading.Lock()  # handlers run on their own threads
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -36,7 +37,8 @@ class LoopbackServer:
             threading.Thread(target=self._handle, args=(connection,), daemon=True).start()
 
     def _handle(self, connection):
-        self.open_connections += 1
+        with self._count_lock:
+            self.open_connections += 1
         try:
             connection.recv(65536)
             self.behaviour(connection, self.stopped)
@@ -44,7 +46,8 @@ class LoopbackServer:
             pass
         finally:
             connection.close()
-            self.open_connections -= 1
+            with self._count_lock:
+                self.open_connections -= 1
 
     def close(self):
         self.stopped.set()

@@ -283,6 +283,13 @@ def test_a_collision_years_before_this_episode_does_not_count(app):
     assert assessment.fired[0] == "R-08" and "defer-imaging" in topics(response)
 
 
+@pytest.mark.parametrize("code, rule", [("V43.52XA", "R-TRAUMA-MAJOR"), ("W19.XXXA", "R-06")])
+def test_an_injury_in_the_days_before_the_pain_began_counts(app, code, rule):
+    """The acute-lbp episode began on 2026-05-18; the injury came 8 days earlier (22 days before the clock)."""
+    assessment, response = run(app, condition(load_request("acute-lbp-defer"), ICD, code, onset="2026-05-10"))
+    assert assessment.fired[0] == rule and "defer-imaging" not in topics(response)
+
+
 def test_high_energy_trauma_in_pregnancy_leaves_the_study_to_radiology(app):
     request = condition(condition(load_request("acute-lbp-defer"), ICD, "V43.52XA"), ICD, "Z33.1")
     _, response = run(app, request)

@@ -254,15 +254,17 @@ class FactReader:
             facts.episode_start = min(starts)
             facts.episode_days = (self.today - facts.episode_start).days
 
-    def _is_new(self, facts: Facts, when: date | None) -> bool:
-        """In the current episode, or within the red-flag window when the episode is unknown."""
+    def _is_new(self, facts: Facts, when: date | None, lead_days: int = 0) -> bool:
+        """In the current episode, or within the red-flag window of today. `lead_days` also admits
+        what came shortly before the episode began: an injury precedes the pain it causes."""
         if when is None:
             return True
         recent = self.today - timedelta(days=self.t.red_flag_recent_days)
-        return when >= recent or (facts.episode_start is not None and when >= facts.episode_start)
+        return when >= recent or (facts.episode_start is not None and when >= facts.episode_start - timedelta(days=lead_days))
 
     def _conditions_in(self, conditions: Iterable[Any], value_set_id: str, *, history_counts: bool = False,
-                       new_only: bool = False, facts: Facts | None = None, within_days: int | None = None) -> list[Evidence]:
+                       new_only: bool = False, facts: Facts | None = None, within_days: int | None = None,
+                       lead_days: int = 0) -> list[Evidence]:
         value_set = self.vs[value_set_id]
         found = []
         for condition in conditions:
@@ -273,7 +275,7 @@ class FactReader:
             if clinical_status(condition) in INACTIVE_CLINICAL and not (history_counts and is_history):
                 continue
             when = condition_date(condition)
-            if new_only and facts is not None and not self._is_new(facts, when):
+            if new_only and facts is not None and not self._is_new(facts, when, lead_days):
                 continue
             if within_days is not None and when is not None and when < self.today - timedelta(days=within_days):
                 continue
@@ -321,8 +323,11 @@ class FactReader:
         facts.recent_infection = self._conditions_in(conditions, "recent-infection", within_days=self.t.recent_infection_days)
         facts.sepsis = self._conditions_in(conditions, "sepsis", within_days=self.t.recent_infection_days)
         facts.immunosuppression = self._conditions_in(conditions, "immunosuppression")
-        facts.recent_trauma = self._conditions_in(conditions, "low-velocity-trauma", new_only=True, facts=facts)
-        facts.major_trauma = self._conditions_in(conditions, "high-energy-trauma", new_only=True, facts=facts)
+        injury_lead = self.t.red_flag_recent_days  # an injury in the days before the pain began caused this episode
+        facts.recent_trauma = self._conditions_in(conditions, "low-velocity-trauma", new_only=True, facts=facts,
+                                                  lead_days=injury_lead)
+        facts.major_trauma = self._conditions_in(conditions, "high-energy-trauma", new_only=True, facts=facts,
+                                                 lead_days=injury_lead)
         facts.axial_spa = self._conditions_in(conditions, "axial-spondyloarthritis")
         facts.fracture_risk = self._conditions_in(conditions, "fracture-risk") + facts.recent_trauma
         if facts.age is not None and facts.age >= self.t.elderly_age:

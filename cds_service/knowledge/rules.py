@@ -18,8 +18,8 @@ from typing import Callable
 from ..configuration import Thresholds
 from .facts import Evidence, Facts
 from .guidelines import (ACEP_CW, ACOG_723, ACP_2007, ACP_2011, ACR_AXIAL_SPA, ACR_LBP, ACR_LBP_2016, ACR_MR_SAFETY,
-                         ACR_NKF_GBCA, ACR_SPINE_TRAUMA, ARGONAUT_PAMA, CHOOSING_WISELY, EL_BARZOUHI, HRS_2017, NASS_2014, NICE_NG59, UA, UNA, V1,
-                         V2, V3, V4, V5, V6, V7, Citation, Variant)
+                         ACR_NKF_GBCA, ACR_SPINE_TRAUMA, ARGONAUT_PAMA, CHOOSING_WISELY, EL_BARZOUHI, HRS_2017,
+                         NASS_2014, NICE_NG59, UA, UNA, V1, V2, V3, V4, V5, V6, V7, Citation, Variant)
 
 EMERGENCY, URGENT, ADVICE, REPEAT, FAILED_CARE, DEFER, SAFETY = "emergency", "urgent", "advice", "repeat", "failed-care", "defer", "safety"
 RED_FLAG_GROUPS = (EMERGENCY, URGENT, ADVICE)
