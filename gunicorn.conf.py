@@ -1,4 +1,5 @@
 """gunicorn settings (python-stack.md section 2): sync workers, one per core, preloaded app, tuned GC."""
+
 import gc
 import os
 import shutil
@@ -6,7 +7,9 @@ import tempfile
 
 # Prometheus multiprocess mode: every worker writes its metrics to files here; /metrics adds them up.
 # Set before the app is imported (preload), emptied at each start.
-_metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"cds-metrics-{os.getpid()}"))
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", os.path.join(tempfile.gettempdir(), f"cds-metrics-{os.getpid()}")
+)
 shutil.rmtree(_metrics_dir, ignore_errors=True)
 os.makedirs(_metrics_dir, exist_ok=True)
 

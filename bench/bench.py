@@ -10,6 +10,7 @@ cold start: import plus create_app(), seconds.
 
 Writes var/bench.json and prints it as the last line.
 """
+
 from __future__ import annotations
 
 import gc
@@ -59,6 +60,7 @@ def make_app(tmp: Path, **config):
 
 # --- W2 -----------------------------------------------------------------------------------------
 
+
 def bench_w2(tmp: Path) -> dict:
     body = orjson.dumps(records.record(650, 190, 300))
     client = make_app(tmp).test_client()
@@ -88,21 +90,37 @@ def bench_w2(tmp: Path) -> dict:
 
 # --- W3 -----------------------------------------------------------------------------------------
 
+
 def bench_w3(tmp: Path) -> dict:
     request = records.record(60, 20, 30)
     prefetch = request.pop("prefetch")
     bodies = tmp / "stub-bodies.json"
-    bodies.write_text(json.dumps({
-        "Patient": prefetch["patient"], "Condition": prefetch["conditions"], "Observation": prefetch["observations"],
-        "ServiceRequest": prefetch["serviceRequests"], "Procedure": prefetch["procedures"], "Device": prefetch["devices"]}))
+    bodies.write_text(
+        json.dumps(
+            {
+                "Patient": prefetch["patient"],
+                "Condition": prefetch["conditions"],
+                "Observation": prefetch["observations"],
+                "ServiceRequest": prefetch["serviceRequests"],
+                "Procedure": prefetch["procedures"],
+                "Device": prefetch["devices"],
+            }
+        )
+    )
     # The stub runs in its own process so that it does not share this one's GIL.
-    stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "20", str(bodies)],
-                            stdout=subprocess.PIPE, text=True)
+    stub = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "20", str(bodies)], stdout=subprocess.PIPE, text=True
+    )
     try:
         base = f"http://127.0.0.1:{int(stub.stdout.readline())}/fhir"
         request["fhirServer"] = base
-        request["fhirAuthorization"] = {"access_token": "bench-token", "token_type": "Bearer", "expires_in": 300,
-                                        "scope": "patient/*.read", "subject": "bench"}
+        request["fhirAuthorization"] = {
+            "access_token": "bench-token",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "scope": "patient/*.read",
+            "subject": "bench",
+        }
         body = orjson.dumps(request)
         client = make_app(tmp, fhir_server_allowlist=(base,)).test_client()
         one, wall = [], []
@@ -130,6 +148,7 @@ def bench_w3(tmp: Path) -> dict:
 
 # --- W1 (served) ----------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,8 +157,23 @@ def free_port() -> int:
 
 def start_gunicorn(app_path: str, port: int, env: dict, cwd: Path) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b", f"127.0.0.1:{port}", app_path],
-        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "-w",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            app_path,
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
@@ -157,9 +191,14 @@ def load_wrk(port: int, body_file: Path) -> tuple[float, float]:
     script = body_file.with_suffix(".lua")
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
-    out = subprocess.run(["wrk", "-t1", "-c4", f"-d{SECONDS:g}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}{SELECT}"], capture_output=True, text=True, check=True).stdout
+        f'local f = io.open("{body_file}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", "-c4", f"-d{SECONDS:g}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{SELECT}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -174,6 +213,7 @@ def load_python(port: int, body_file: Path) -> tuple[float, float]:
 
     def worker():
         import http.client
+
         mine = []
         while time.time() < stop:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -200,8 +240,13 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
     both sides alike."""
     body_file = tmp / "w1.json"
     body_file.write_bytes(orjson.dumps(records.record(60, 20, 30)))
-    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp / 'served.sqlite3'}",
-           "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}", "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics")}
+    env = {
+        **os.environ,
+        "CDS_AUTH": "off",
+        "CDS_DATABASE_URL": f"sqlite:///{tmp / 'served.sqlite3'}",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
+    }
     load = load_wrk if shutil.which("wrk") else load_python
     servers = {}
     try:
@@ -234,12 +279,17 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
 
 # --- cold start -----------------------------------------------------------------------------------
 
+
 def bench_cold_start(tmp: Path) -> dict:
-    code = ("import time; t = time.perf_counter(); from cds_service import create_app; "
-            f"create_app({{'database_url': 'sqlite:///{tmp / 'cold.sqlite3'}', 'auth': 'off'}}); "
-            "print(time.perf_counter() - t)")
-    times = [float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-             for _ in range(5)]
+    code = (
+        "import time; t = time.perf_counter(); from cds_service import create_app; "
+        f"create_app({{'database_url': 'sqlite:///{tmp / 'cold.sqlite3'}', 'auth': 'off'}}); "
+        "print(time.perf_counter() - t)"
+    )
+    times = [
+        float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+        for _ in range(5)
+    ]
     return {"cold_start_s": round(statistics.median(times), 3)}
 
 
@@ -251,8 +301,12 @@ def main() -> None:
         results.update(bench_w2(tmp))
         results.update(bench_w3(tmp))
         results.update(bench_w1(tmp))
-    targets = {"w2_handle_over_parse": ("<=", 1.0), "w1_served_over_echo": (">=", 0.8),
-               "w3_fetch_over_one_query": ("<=", 1.3), "cold_start_s": ("<=", 0.8)}
+    targets = {
+        "w2_handle_over_parse": ("<=", 1.0),
+        "w1_served_over_echo": (">=", 0.8),
+        "w3_fetch_over_one_query": ("<=", 1.3),
+        "cold_start_s": ("<=", 0.8),
+    }
     for key, (op, limit) in targets.items():
         met = results[key] <= limit if op == "<=" else results[key] >= limit
         print(f"{key:28} {results[key]:>8}  target {op} {limit}  {'ok' if met else 'MISSED'}", file=sys.stderr)

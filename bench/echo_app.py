@@ -1,4 +1,5 @@
 """The floor for served throughput: a bare Flask app that parses the same body and answers no cards."""
+
 import orjson
 from flask import Flask, Response, request
 

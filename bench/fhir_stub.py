@@ -5,6 +5,7 @@
 BODIES.json maps a resource type to the JSON answered for reads and searches of that type.
 asyncio, keep-alive, one write per response: concurrent queries are not serialised by the stub
 itself, so the benchmark measures the service's client, not this stand-in."""
+
 import asyncio
 import json
 import sys
@@ -22,8 +23,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await asyncio.sleep(delay)
             resource_type = path.split("/fhir/", 1)[-1].split("?")[0].split("/")[0]
             payload = bodies.get(resource_type, empty)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: "
-                         + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

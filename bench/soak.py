@@ -9,6 +9,7 @@ call carries a fresh client JWT (ES384). Reports unexpected statuses, latency pe
 workers' memory growth (RSS after a warm-up versus at the end; worker recycling is off so that it
 cannot hide a leak). Writes var/soak.json and prints it as the last line.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -60,14 +61,26 @@ def worker_pids(master: int) -> list[int]:
 def build_mix(stub_base: str) -> list[tuple[str, str, bytes, int]]:
     """(kind, path, body, expected status)"""
     scenarios = json.loads((ROOT / "fixtures" / "scenarios.json").read_text())["scenarios"]
-    service = {"order-select": "/cds-services/lumbar-mri-order-select", "order-sign": "/cds-services/lumbar-mri-order-sign"}
+    service = {
+        "order-select": "/cds-services/lumbar-mri-order-select",
+        "order-sign": "/cds-services/lumbar-mri-order-sign",
+    }
     mix = []
     for name, scenario in scenarios.items():
         request = json.loads((ROOT / "fixtures" / "requests" / f"{name}.json").read_text())
         mix.append(("valid", service[scenario["hook"]], json.dumps(request).encode(), 200))
         if "lumbar" in name or scenario["orders"][0].get("code") in ("72148", "72149", "72158"):
-            fallback = dict(request, fhirServer=stub_base, fhirAuthorization={"access_token": "soak", "token_type": "Bearer",
-                                                                             "expires_in": 300, "scope": "patient/*.read", "subject": "soak"})
+            fallback = dict(
+                request,
+                fhirServer=stub_base,
+                fhirAuthorization={
+                    "access_token": "soak",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                    "scope": "patient/*.read",
+                    "subject": "soak",
+                },
+            )
             fallback.pop("prefetch")
             mix.append(("fallback", service[scenario["hook"]], json.dumps(fallback).encode(), 200))
     for path in sorted((ROOT / "fixtures" / "negative").glob("*.json")):
@@ -76,8 +89,16 @@ def build_mix(stub_base: str) -> list[tuple[str, str, bytes, int]]:
             continue
         body = case["raw"].encode() if "raw" in case else json.dumps(case["body"]).encode()
         mix.append(("invalid", case["path"], body, case["expect"]["status"]))
-    feedback = {"feedback": [{"card": str(uuid.uuid4()), "outcome": "overridden", "outcomeTimestamp": "2026-06-01T12:00:00Z",
-                              "overrideReason": {"reason": {"system": "urn:lumbar-mri-cds:override-reason", "code": "other"}}}]}
+    feedback = {
+        "feedback": [
+            {
+                "card": str(uuid.uuid4()),
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-06-01T12:00:00Z",
+                "overrideReason": {"reason": {"system": "urn:lumbar-mri-cds:override-reason", "code": "other"}},
+            }
+        ]
+    }
     mix.append(("feedback", "/cds-services/lumbar-mri-order-select/feedback", json.dumps(feedback).encode(), 200))
     return mix
 
@@ -90,17 +111,50 @@ def main() -> None:
     # The stub serves a patient record for every search of the fallback requests.
     record = json.loads((ROOT / "fixtures" / "requests" / "cancer-history.json").read_text())["prefetch"]
     bodies = work / "stub.json"
-    bodies.write_text(json.dumps({"Patient": record["patient"], "Condition": record["conditions"], "Observation": record["observations"],
-                                  "ServiceRequest": record["serviceRequests"], "Procedure": record["procedures"],
-                                  "Device": record["devices"]}))
-    stub = subprocess.Popen([sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "5", str(bodies)], stdout=subprocess.PIPE, text=True)
+    bodies.write_text(
+        json.dumps(
+            {
+                "Patient": record["patient"],
+                "Condition": record["conditions"],
+                "Observation": record["observations"],
+                "ServiceRequest": record["serviceRequests"],
+                "Procedure": record["procedures"],
+                "Device": record["devices"],
+            }
+        )
+    )
+    stub = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "5", str(bodies)], stdout=subprocess.PIPE, text=True
+    )
     stub_base = f"http://127.0.0.1:{int(stub.stdout.readline())}/fhir"
     port = free_port()
-    env = {**os.environ, "CDS_AUTH": "required", "CDS_TRUSTED_ISSUERS": str(issuers),
-           "CDS_DATABASE_URL": f"sqlite:///{work / 'soak.sqlite3'}", "CDS_FHIR_SERVER_ALLOWLIST": stub_base}
-    server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2",
-                               "--max-requests", "0", "-b", f"127.0.0.1:{port}", "cds_service.wsgi:app"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "CDS_AUTH": "required",
+        "CDS_TRUSTED_ISSUERS": str(issuers),
+        "CDS_DATABASE_URL": f"sqlite:///{work / 'soak.sqlite3'}",
+        "CDS_FHIR_SERVER_ALLOWLIST": stub_base,
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "-w",
+            "2",
+            "--max-requests",
+            "0",
+            "-b",
+            f"127.0.0.1:{port}",
+            "cds_service.wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 30
         while True:
@@ -132,13 +186,31 @@ def drive(port: int, mix: list, master: int) -> dict:
 
     def one(kind: str, path: str, body: bytes, expected: int) -> None:
         now = int(time.time())
-        token = jwt.encode({"iss": ISSUER, "aud": f"http://127.0.0.1:{port}{path}", "iat": now, "exp": now + 300,
-                            "jti": str(uuid.uuid4())}, KEY, algorithm="ES384", headers={"kid": "soak-1"})
+        token = jwt.encode(
+            {
+                "iss": ISSUER,
+                "aud": f"http://127.0.0.1:{port}{path}",
+                "iat": now,
+                "exp": now + 300,
+                "jti": str(uuid.uuid4()),
+            },
+            KEY,
+            algorithm="ES384",
+            headers={"kid": "soak-1"},
+        )
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         started = time.perf_counter()
         try:
-            connection.request("POST", path, body=body, headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}",
-                                                                 "Host": f"127.0.0.1:{port}"})
+            connection.request(
+                "POST",
+                path,
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Authorization": f"Bearer {token}",
+                    "Host": f"127.0.0.1:{port}",
+                },
+            )
             response = connection.getresponse()
             response.read()
             status = response.status
@@ -170,12 +242,17 @@ def drive(port: int, mix: list, master: int) -> dict:
     start_total, end_total = sum(rss_start.values()), sum(rss_end.get(pid, 0) for pid in rss_start)
     ordered = sorted(latencies)
     return {
-        "seconds": SECONDS, "clients": CLIENTS, "requests": sum(counts.values()), "by_kind": counts,
+        "seconds": SECONDS,
+        "clients": CLIENTS,
+        "requests": sum(counts.values()),
+        "by_kind": counts,
         "requests_per_second": round(sum(counts.values()) / SECONDS, 1),
-        "unexpected_statuses": len(unexpected), "unexpected_examples": unexpected[:10],
+        "unexpected_statuses": len(unexpected),
+        "unexpected_examples": unexpected[:10],
         "p50_ms": round(statistics.median(ordered) * 1000, 1) if ordered else None,
         "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 1) if ordered else None,
-        "worker_rss_kib_after_warm_up": start_total, "worker_rss_kib_at_end": end_total,
+        "worker_rss_kib_after_warm_up": start_total,
+        "worker_rss_kib_at_end": end_total,
         "worker_restarts": sorted(set(rss_start) ^ set(rss_end)) != [],
         "memory_growth_percent": round((end_total - start_total) / start_total * 100, 2) if start_total else None,
     }

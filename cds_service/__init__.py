@@ -1,4 +1,5 @@
 """Lumbar spine MRI appropriateness as a CDS Hooks 2.0 service."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -54,10 +55,16 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     if settings.auth is AuthMode.REQUIRED:
         issuers = load_trusted_issuers(settings.trusted_issuers)
         if not issuers:
-            raise TrustError("CDS_AUTH=required but no trusted CDS client is configured: set CDS_TRUSTED_ISSUERS "
-                             "(or CDS_AUTH=off for a local trial only)")
-        authenticator = Authenticator(issuers, ReplayGuard(store), leeway=settings.jwt_leeway_seconds,
-                                      max_lifetime=settings.jwt_max_lifetime_seconds)
+            raise TrustError(
+                "CDS_AUTH=required but no trusted CDS client is configured: set CDS_TRUSTED_ISSUERS "
+                "(or CDS_AUTH=off for a local trial only)"
+            )
+        authenticator = Authenticator(
+            issuers,
+            ReplayGuard(store),
+            leeway=settings.jwt_leeway_seconds,
+            max_lifetime=settings.jwt_max_lifetime_seconds,
+        )
     init_auth(app, settings, authenticator)
     app.register_blueprint(api.bp)
     app.register_blueprint(feedback.bp)

@@ -4,6 +4,7 @@ Computed from the stored audit trail and feedback. A card's outcome is its lates
 (clients may report a card more than once); cards of silent services were never shown and are
 counted apart, as the cards a silent roll-out would have shown.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,7 @@ _SINCE = re.compile(r"^(\d+)\s*([hdw])$")
 
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
-    """"30d", "12h", "2w", or an ISO date/instant; None for everything."""
+    """ "30d", "12h", "2w", or an ISO date/instant; None for everything."""
     if not value:
         return None
     now = now or datetime.now(timezone.utc)
@@ -96,8 +97,10 @@ _COLUMNS = ("shown", "accepted", "overridden", "no_feedback", "override_rate", "
 
 
 def _table(report: dict[str, Any]) -> str:
-    lines = [f"Consultations: {report['consultations']} (silent: {report['silent_consultations']})"
-             + (f" since {report['since']}" if report["since"] else "")]
+    lines = [
+        f"Consultations: {report['consultations']} (silent: {report['silent_consultations']})"
+        + (f" since {report['since']}" if report["since"] else "")
+    ]
     for title, key in (("Cards by topic", "by_topic"), ("Cards by rule", "by_rule")):
         lines += ["", title, f"  {'':24}" + "".join(f"{c:>14}" for c in _COLUMNS)]
         for name, line in report[key].items():

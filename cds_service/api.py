@@ -1,4 +1,5 @@
 """HTTP for the CDS Hooks endpoints: discovery and service calls. Logic lives in evaluation."""
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,11 @@ def call_service(service_id: str):
     evaluation = rt.evaluator.evaluate(service, hook_request)
     client = g.get("cds_client")
     latency_ms = (time.perf_counter() - started) * 1000
-    rt.audit.write(rt.audit.records(service, hook_request, evaluation, client.tenant if client else None, latency_ms,
-                                    evaluation.silent))
+    rt.audit.write(
+        rt.audit.records(
+            service, hook_request, evaluation, client.tenant if client else None, latency_ms, evaluation.silent
+        )
+    )
     metrics.evaluation(evaluation)
     g.orders = len(evaluation.orders)
     g.rules = evaluation.rules_fired

@@ -6,6 +6,7 @@ Card uuids are recorded so that feedback joins to the consultation that showed t
 Writing never fails a hook call: records are queued and written in batches by a thread
 (AuditWrite.BACKGROUND), kept and retried while the database is away, within a bounded queue.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -44,8 +45,10 @@ class AuditTrail:
         self.store = store
         self.mode = mode
         if not key:
-            log.warning("CDS_AUDIT_KEY is not set: patient keys in the audit trail use a random key for this "
-                        "process and cannot be linked across restarts. Set a site secret in production.")
+            log.warning(
+                "CDS_AUDIT_KEY is not set: patient keys in the audit trail use a random key for this "
+                "process and cannot be linked across restarts. Set a site secret in production."
+            )
         self._key = (key or secrets.token_hex(32)).encode()
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_QUEUED)
         self._writer: threading.Thread | None = None
@@ -58,24 +61,44 @@ class AuditTrail:
     def patient_key(self, patient_id: str) -> str:
         return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
 
-    def records(self, service: Any, request: Any, evaluation: Any, tenant: str | None, latency_ms: float,
-                silent: bool) -> list[dict[str, Any]]:
+    def records(
+        self, service: Any, request: Any, evaluation: Any, tenant: str | None, latency_ms: float, silent: bool
+    ) -> list[dict[str, Any]]:
         now = datetime.now(timezone.utc)
         patient_key = self.patient_key(request.context.patientId)
         rows = []
         for result in evaluation.results:
             assessment, study = result.assessment, result.order.study
-            rows.append({
-                "created_at": now, "service_id": service.id, "hook": service.hook, "hook_instance": request.hookInstance,
-                "tenant": tenant, "consult_id": result.consult_id, "patient_key": patient_key,
-                "order_system": study.system, "order_code": study.code, "rating": assessment.rating,
-                "acr_category": assessment.category, "variant": assessment.variant.number if assessment.variant else None,
-                "rules_fired": assessment.fired, "card_topics": [card["source"]["topic"]["code"] for card in result.cards],
-                "fallback_used": bool(evaluation.record and evaluation.record.fallback_used), "silent": silent,
-                "latency_ms": round(latency_ms, 2),
-                "cards": [{"card_uuid": card["uuid"], "topic": card["source"]["topic"]["code"], "rule_id": rule_id,
-                           "indicator": card["indicator"]} for card, rule_id in zip(result.cards, result.card_rules, strict=True)],
-            })
+            rows.append(
+                {
+                    "created_at": now,
+                    "service_id": service.id,
+                    "hook": service.hook,
+                    "hook_instance": request.hookInstance,
+                    "tenant": tenant,
+                    "consult_id": result.consult_id,
+                    "patient_key": patient_key,
+                    "order_system": study.system,
+                    "order_code": study.code,
+                    "rating": assessment.rating,
+                    "acr_category": assessment.category,
+                    "variant": assessment.variant.number if assessment.variant else None,
+                    "rules_fired": assessment.fired,
+                    "card_topics": [card["source"]["topic"]["code"] for card in result.cards],
+                    "fallback_used": bool(evaluation.record and evaluation.record.fallback_used),
+                    "silent": silent,
+                    "latency_ms": round(latency_ms, 2),
+                    "cards": [
+                        {
+                            "card_uuid": card["uuid"],
+                            "topic": card["source"]["topic"]["code"],
+                            "rule_id": rule_id,
+                            "indicator": card["indicator"],
+                        }
+                        for card, rule_id in zip(result.cards, result.card_rules, strict=True)
+                    ],
+                }
+            )
         return rows
 
     def write(self, rows: list[dict[str, Any]]) -> None:
@@ -133,8 +156,12 @@ class AuditTrail:
             try:
                 self.store.add_audit([dict(row, cards=list(row["cards"])) for row in pending])
             except SQLAlchemyError as exc:
-                log.warning("audit write failed (%s): %d record(s) kept, retrying in %.1f s",
-                            type(exc).__name__, len(pending), backoff)
+                log.warning(
+                    "audit write failed (%s): %d record(s) kept, retrying in %.1f s",
+                    type(exc).__name__,
+                    len(pending),
+                    backoff,
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue

@@ -5,6 +5,7 @@ uuid, a summary under 140 characters, Markdown detail naming the evidence and th
 a source with a topic, absolute links to the guidelines, suggestions with uuids and a
 selectionBehavior, and override reasons with displays.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,12 @@ ACR_CATEGORY_SYSTEM = "urn:lumbar-mri-cds:acr-category"
 PAMA_RATING = "http://fhir.org/argonaut/Extension/pama-rating"
 PAMA_CONSULT_ID = "http://fhir.org/argonaut/Extension/pama-rating-consult-id"
 PAMA_RATING_SYSTEM = "http://fhir.org/argonaut/CodeSystem/pama-rating"
-_PAMA_EXTENSIONS = {PAMA_RATING, PAMA_CONSULT_ID, "http://fhir.org/argonaut/Extension/pama-rating-qcdsm-consulted",
-                    "http://fhir.org/argonaut/Extension/pama-rating-auc-applied"}
+_PAMA_EXTENSIONS = {
+    PAMA_RATING,
+    PAMA_CONSULT_ID,
+    "http://fhir.org/argonaut/Extension/pama-rating-qcdsm-consulted",
+    "http://fhir.org/argonaut/Extension/pama-rating-auc-applied",
+}
 SOURCE_LABEL = "Lumbar MRI appropriateness (ACR 2021, ACP, NICE NG59)"
 DEFAULT_SITE_CODES = Path(__file__).resolve().parent / "knowledge" / "site_codes.json"
 
@@ -48,8 +53,11 @@ TOPICS = {
     "claustrophobia": "Claustrophobia",
     "inflammatory-back-pain": "Inflammatory back pain",
 }
-RATING_DISPLAYS = {"appropriate": "Appropriate", "not-appropriate": "Not appropriate",
-                   "no-criteria-apply": "No criteria apply"}
+RATING_DISPLAYS = {
+    "appropriate": "Appropriate",
+    "not-appropriate": "Not appropriate",
+    "no-criteria-apply": "No criteria apply",
+}
 
 _OVERRIDES = {
     "defer-imaging": [
@@ -75,9 +83,11 @@ _OVERRIDES = {
     ],
 }
 _GENERIC_OVERRIDES = [("not-relevant", "Not relevant for this patient"), ("other", "Other reason")]
-_RED_FLAG_CHECKLIST = ("new bladder or bowel dysfunction, saddle numbness, progressive or severe weakness, a history "
-                       "of cancer or unexplained weight loss, fever, IV drug use, immunosuppression, significant "
-                       "trauma or osteoporosis, lumbar surgery")
+_RED_FLAG_CHECKLIST = (
+    "new bladder or bowel dysfunction, saddle numbness, progressive or severe weakness, a history "
+    "of cancer or unexplained weight loss, fever, IV drug use, immunosuppression, significant "
+    "trauma or osteoporosis, lumbar surgery"
+)
 
 
 class SiteCodeError(ValueError):
@@ -94,8 +104,13 @@ def load_site_codes(path: Path | None) -> dict[str, list[dict[str, Any]]]:
             raise SiteCodeError(f"CDS_SITE_CODES: {exc}") from None
     codes.pop("_about", None)
     for name, orders in codes.items():
-        if not isinstance(orders, list) or not orders or not all(
-                isinstance(o, dict) and {"system", "code", "display"} <= set(o.get("coding", {})) for o in orders):
+        if (
+            not isinstance(orders, list)
+            or not orders
+            or not all(
+                isinstance(o, dict) and {"system", "code", "display"} <= set(o.get("coding", {})) for o in orders
+            )
+        ):
             raise SiteCodeError(f"site code {name!r}: a list of orders, each with coding.system, code and display")
     return codes
 
@@ -110,10 +125,14 @@ class Presenter:
     def rated_copy(self, order: dict[str, Any], rating: str, category: str | None) -> dict[str, Any]:
         """The order with the Argonaut PAMA rating extensions and no other change."""
         resource = orjson.loads(orjson.dumps(order))  # a deep copy: JSON data, several times faster than deepcopy
-        kept = [e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)]
+        kept = [
+            e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)
+        ]
         rating_codings = [{"system": PAMA_RATING_SYSTEM, "code": rating, "display": RATING_DISPLAYS[rating]}]
         if category:
-            rating_codings.append({"system": ACR_CATEGORY_SYSTEM, "code": category, "display": CATEGORY_NAMES[category]})
+            rating_codings.append(
+                {"system": ACR_CATEGORY_SYSTEM, "code": category, "display": CATEGORY_NAMES[category]}
+            )
         resource["extension"] = kept + [
             {"url": PAMA_RATING, "valueCodeableConcept": {"coding": rating_codings}},
             {"url": PAMA_CONSULT_ID, "valueUri": f"urn:uuid:{self.new_uuid()}"},
@@ -125,7 +144,7 @@ class Presenter:
         return {
             "type": "update",
             "description": f"Record the appropriateness rating: {RATING_DISPLAYS[assessment.rating]}{variant} "
-                           "(ACR Appropriateness Criteria, Low Back Pain)",
+            "(ACR Appropriateness Criteria, Low Back Pain)",
             "resource": self.rated_copy(order, assessment.rating, assessment.category),
         }
 
@@ -140,15 +159,20 @@ class Presenter:
             "summary": finding.summary,
             "indicator": finding.indicator,
             "detail": self._detail(finding, assessment),
-            "source": {"label": SOURCE_LABEL, "url": ACR_LBP.url,
-                       "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": TOPICS[topic]}},
+            "source": {
+                "label": SOURCE_LABEL,
+                "url": ACR_LBP.url,
+                "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": TOPICS[topic]},
+            },
         }
         suggestions = [self._suggestion(p, finding, assessment, order) for p in finding.proposals]
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "at-most-one"
-        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": code, "display": display}
-                                   for code, display in _OVERRIDES.get(topic, _GENERIC_OVERRIDES)]
+        card["overrideReasons"] = [
+            {"system": OVERRIDE_SYSTEM, "code": code, "display": display}
+            for code, display in _OVERRIDES.get(topic, _GENERIC_OVERRIDES)
+        ]
         card["links"] = [{"label": c.label, "url": c.url, "type": "absolute"} for c in finding.rule.citations]
         return card
 
@@ -163,25 +187,39 @@ class Presenter:
         variant = finding.rule.variant if finding is assessment.primary else None
         if variant is not None and facts.study is not None:
             category = assessment.category or UA
-            lines.append(f"**Guideline:** ACR Appropriateness Criteria, Low Back Pain (2021), variant {variant.number}: "
-                         f"{variant.title}. Ordered: {facts.study.display} ({facts.study.code}): {CATEGORY_NAMES[category]}.")
+            lines.append(
+                f"**Guideline:** ACR Appropriateness Criteria, Low Back Pain (2021), variant {variant.number}: "
+                f"{variant.title}. Ordered: {facts.study.display} ({facts.study.code}): {CATEGORY_NAMES[category]}."
+            )
         elif finding.rule.citations:
             lines.append(f"**Guideline:** {finding.rule.citations[0].label}.")
         if finding.rule.group in (DEFER, REPEAT):
-            lines += ["", f"**No red flag is recorded.** Checked for: {_RED_FLAG_CHECKLIST}. The absence of a recorded "
-                          "red flag is not the absence of one: if any is present, override and keep the order.",
-                      "", "**Looked at:** " + _looked_at(facts)]
+            lines += [
+                "",
+                f"**No red flag is recorded.** Checked for: {_RED_FLAG_CHECKLIST}. The absence of a recorded "
+                "red flag is not the absence of one: if any is present, override and keep the order.",
+                "",
+                "**Looked at:** " + _looked_at(facts),
+            ]
         lines += ["", f"_Rule {finding.rule.id}: {finding.rule.title}._"]
         return "\n".join(lines).strip()
 
     # --- suggestions --------------------------------------------------------------------------
-    def _suggestion(self, proposal: Proposal, finding: Finding, assessment: Assessment, order: dict[str, Any]) -> dict[str, Any]:
+    def _suggestion(
+        self, proposal: Proposal, finding: Finding, assessment: Assessment, order: dict[str, Any]
+    ) -> dict[str, Any]:
         reference = f"ServiceRequest/{order.get('id')}"
         actions: list[dict[str, Any]]
         if proposal.kind == "set-priority":
             resource = self.rated_copy(order, assessment.rating, assessment.category)
             resource["priority"] = proposal.value
-            actions = [{"type": "update", "description": f"Set the MRI order's priority to {proposal.value}", "resource": resource}]
+            actions = [
+                {
+                    "type": "update",
+                    "description": f"Set the MRI order's priority to {proposal.value}",
+                    "resource": resource,
+                }
+            ]
         elif proposal.kind == "replace-study":
             site = self.site_codes[proposal.value][0]
             category = _category_of(site, assessment)
@@ -195,12 +233,24 @@ class Presenter:
         elif proposal.kind == "remove-order":
             actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
             if proposal.value:
-                actions += [{"type": "create", "description": f"Order {o['coding']['display']}",
-                             "resource": self._new_order(o, order)} for o in self.site_codes[proposal.value]]
+                actions += [
+                    {
+                        "type": "create",
+                        "description": f"Order {o['coding']['display']}",
+                        "resource": self._new_order(o, order),
+                    }
+                    for o in self.site_codes[proposal.value]
+                ]
         elif proposal.kind == "add-orders":
             actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
-            actions += [{"type": "create", "description": f"Order {o['coding']['display']}",
-                         "resource": self._new_order(o, order)} for o in self.site_codes[proposal.value]]
+            actions += [
+                {
+                    "type": "create",
+                    "description": f"Order {o['coding']['display']}",
+                    "resource": self._new_order(o, order),
+                }
+                for o in self.site_codes[proposal.value]
+            ]
         else:  # pragma: no cover - a rule proposing an unknown kind is a programming error
             raise ValueError(proposal.kind)
         suggestion: dict[str, Any] = {"label": proposal.label, "uuid": self.new_uuid(), "actions": actions}
@@ -240,11 +290,13 @@ def _category_of(site: dict[str, Any], assessment: Assessment) -> str | None:
 
 def _looked_at(facts: Facts) -> str:
     counts = facts.looked_at
-    parts = [f"{counts.get('conditions', 0)} relevant problem(s)",
-             f"{counts.get('observations', 0)} recent temperature, kidney, pregnancy or inflammatory result(s)",
-             f"{counts.get('orders', 0)} relevant order(s) and {counts.get('procedures', 0)} procedure(s) "
-             "(conservative care, injections, prior imaging, spine surgery)",
-             f"{counts.get('devices', 0)} device(s)"]
+    parts = [
+        f"{counts.get('conditions', 0)} relevant problem(s)",
+        f"{counts.get('observations', 0)} recent temperature, kidney, pregnancy or inflammatory result(s)",
+        f"{counts.get('orders', 0)} relevant order(s) and {counts.get('procedures', 0)} procedure(s) "
+        "(conservative care, injections, prior imaging, spine surgery)",
+        f"{counts.get('devices', 0)} device(s)",
+    ]
     text = "; ".join(parts) + "."
     if facts.unavailable:
         text += " Not available: " + ", ".join(facts.unavailable) + "."

@@ -8,6 +8,7 @@ and the cards, so that a clinical informaticist can review the logic without an 
 stored). `report` shows, per card topic and per rule, how often cards were shown, accepted and
 overridden and why, and the rating distribution per ordered code, from the stored audit trail.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cds-service", description="Lumbar spine MRI appropriateness (CDS Hooks 2.0)")
     commands = parser.add_subparsers(dest="command", required=True)
     evaluate = commands.add_parser("evaluate", help="evaluate a hook request file and explain the result")
-    evaluate.add_argument("request", type=Path, help="a CDS Hooks request (JSON), e.g. fixtures/requests/cauda-equina.json")
-    evaluate.add_argument("--now", help="evaluate as of this instant (ISO 8601), e.g. the fixtures' 2026-06-01T12:00:00Z")
+    evaluate.add_argument(
+        "request", type=Path, help="a CDS Hooks request (JSON), e.g. fixtures/requests/cauda-equina.json"
+    )
+    evaluate.add_argument(
+        "--now", help="evaluate as of this instant (ISO 8601), e.g. the fixtures' 2026-06-01T12:00:00Z"
+    )
     evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")
     evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response instead of the report")
     report_parser = commands.add_parser("report", help="override analytics from the stored audit trail and feedback")
@@ -83,8 +88,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     evaluator = Evaluator(settings, Knowledge(), clock=lambda: now)
     try:
         request = decode_hook_request(body)
-        service = services.get(args.service) if args.service else next(
-            (s for s in services.values() if s.hook == request.hook), None)
+        service = (
+            services.get(args.service)
+            if args.service
+            else next((s for s in services.values() if s.hook == request.hook), None)
+        )
         if service is None:
             raise CdsError(404, f"no service for {args.service or request.hook!r}")
         evaluation = evaluator.evaluate(service, request)
@@ -117,13 +125,38 @@ def report(service_id: str, hook_instance: str, now: datetime, evaluation: Any) 
         lines += [f"    {rule_id}  {RULES_BY_ID[rule_id].title}" for rule_id in assessment.fired]
         lines.append("  Facts:")
         lines.append(f"    age: {facts.age if facts.age is not None else 'not recorded'}")
-        episode = (f"{facts.episode_start.isoformat()} ({facts.episode_days} days)" if facts.episode_start else "not recorded")
+        episode = (
+            f"{facts.episode_start.isoformat()} ({facts.episode_days} days)" if facts.episode_start else "not recorded"
+        )
         lines.append(f"    episode start: {episode}")
-        for name in ("indication", "cauda_equina", "ces_signs", "severe_deficit", "weakness", "cancer", "spinal_metastasis",
-                     "weight_loss", "spinal_infection", "fever", "iv_drug_use", "recent_infection", "sepsis",
-                     "raised_markers", "immunosuppression", "fracture_risk", "vertebral_fracture", "lumbar_surgery",
-                     "conservative_care", "candidacy", "prior_imaging", "implants", "conditional_devices",
-                     "claustrophobia", "pregnancy", "low_egfr"):
+        for name in (
+            "indication",
+            "cauda_equina",
+            "ces_signs",
+            "severe_deficit",
+            "weakness",
+            "cancer",
+            "spinal_metastasis",
+            "weight_loss",
+            "spinal_infection",
+            "fever",
+            "iv_drug_use",
+            "recent_infection",
+            "sepsis",
+            "raised_markers",
+            "immunosuppression",
+            "fracture_risk",
+            "vertebral_fracture",
+            "lumbar_surgery",
+            "conservative_care",
+            "candidacy",
+            "prior_imaging",
+            "implants",
+            "conditional_devices",
+            "claustrophobia",
+            "pregnancy",
+            "low_egfr",
+        ):
             for evidence in getattr(facts, name):
                 lines.append(f"    {name.replace('_', ' ')}: {evidence.describe()}")
         if facts.unavailable:

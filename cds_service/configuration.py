@@ -2,6 +2,7 @@
 
 Tests inject overrides through ``create_app(config={...})``; nothing else reads os.environ.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -2,6 +2,7 @@
 
 request -> orders to evaluate -> patient record -> assessment (clinical knowledge) -> cards
 """
+
 from __future__ import annotations
 
 import time
@@ -107,9 +108,15 @@ class Evaluator:
         for order in orders:
             model = draft_order_model(order.resource, record.patient_id, record.data_quality)
             assessment = assess(reader.read(record, order.resource, model, order.study), self.settings.thresholds)
-            evaluation.results.append(OrderResult(
-                order, assessment, self.presenter.cards(assessment, order.resource),
-                [finding.rule.id for finding in assessment.findings], self.presenter.rating_action(assessment, order.resource)))
+            evaluation.results.append(
+                OrderResult(
+                    order,
+                    assessment,
+                    self.presenter.cards(assessment, order.resource),
+                    [finding.rule.id for finding in assessment.findings],
+                    self.presenter.rating_action(assessment, order.resource),
+                )
+            )
         cards = [card for result in evaluation.results for card in result.cards]
         actions = [result.rating_action for result in evaluation.results]
         evaluation.response = {"cards": cards, "systemActions": actions}
@@ -118,8 +125,10 @@ class Evaluator:
         if self.settings.silent or service.silent:  # silent roll-out: evaluate and audit, show nothing
             evaluation.silent, evaluation.full_response = True, evaluation.response
             evaluation.response = {"cards": []}
-        evaluation.timings_ms = {"patient_data": (fetched - started) * 1000,
-                                 "rules_and_cards": (time.perf_counter() - fetched) * 1000}
+        evaluation.timings_ms = {
+            "patient_data": (fetched - started) * 1000,
+            "rules_and_cards": (time.perf_counter() - fetched) * 1000,
+        }
         return evaluation
 
     def orders_to_evaluate(self, service: ServiceDefinition, request: HookRequest) -> list[OrderUnderReview]:
@@ -141,11 +150,15 @@ class Evaluator:
 def check_request(service: ServiceDefinition, request: HookRequest) -> None:
     """What the service relies on beyond the wire shape (400 with the field named)."""
     if request.hook != service.hook:
-        raise CdsError(400, f"This service answers the {service.hook!r} hook, not the one in the request",
-                       expression=["hook"])
+        raise CdsError(
+            400, f"This service answers the {service.hook!r} hook, not the one in the request", expression=["hook"]
+        )
     if service.hook == "order-select" and request.context.selections is None:
         raise CdsError(400, "order-select requires context.selections", expression=["context.selections"])
     for index, entry in enumerate(request.context.draftOrders.entry):
         if entry.resource is not None and not isinstance(entry.resource.get("resourceType"), str):
-            raise CdsError(400, "A draft order has no resourceType",
-                           expression=[f"context.draftOrders.entry.{index}.resource.resourceType"])
+            raise CdsError(
+                400,
+                "A draft order has no resourceType",
+                expression=[f"context.draftOrders.entry.{index}.resource.resourceType"],
+            )

@@ -1,4 +1,5 @@
 """Feedback endpoint (CDS Hooks 2.0 "Feedback"): validate, then store every entry durably."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,12 @@ def receive_feedback(service_id: str):
         stored, duplicates = rt.store.add_feedback(service_id, rows)
     except SQLAlchemyError as exc:
         log.error("feedback not stored: database unavailable (%s)", type(exc).__name__)
-        raise CdsError(503, "Feedback could not be stored right now; nothing was kept. Retry later.",
-                       code="transient", headers={"Retry-After": "30"}) from None
+        raise CdsError(
+            503,
+            "Feedback could not be stored right now; nothing was kept. Retry later.",
+            code="transient",
+            headers={"Retry-After": "30"},
+        ) from None
     log.info("feedback service=%s entries=%d stored=%d duplicates=%d", service_id, len(rows), stored, duplicates)
     return json_response({"stored": stored, "duplicates": duplicates})
 
@@ -38,11 +43,17 @@ def _row(index: int, entry: FeedbackEntry) -> dict:
     where = f"feedback.{index}"
     timestamp = parse_instant(entry.outcomeTimestamp)
     if timestamp is None:
-        raise CdsError(400, "outcomeTimestamp must be an RFC 3339 instant with a time zone, e.g. 2026-01-02T03:04:05Z",
-                       expression=[f"{where}.outcomeTimestamp"])
+        raise CdsError(
+            400,
+            "outcomeTimestamp must be an RFC 3339 instant with a time zone, e.g. 2026-01-02T03:04:05Z",
+            expression=[f"{where}.outcomeTimestamp"],
+        )
     if entry.outcome == "accepted" and not entry.acceptedSuggestions:
-        raise CdsError(400, "acceptedSuggestions is required when outcome is 'accepted'",
-                       expression=[f"{where}.acceptedSuggestions"])
+        raise CdsError(
+            400,
+            "acceptedSuggestions is required when outcome is 'accepted'",
+            expression=[f"{where}.acceptedSuggestions"],
+        )
     reason = entry.overrideReason
     if reason is not None and reason.reason is None and not reason.userComment:
         raise CdsError(400, "overrideReason needs a reason or a userComment", expression=[f"{where}.overrideReason"])

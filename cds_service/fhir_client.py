@@ -5,6 +5,7 @@ else (not to a redirect target, not to a `next` link on another host). All keys 
 concurrently within one time budget. Failures carry a short reason without URLs: the query
 string contains the patient id.
 """
+
 from __future__ import annotations
 
 import logging
@@ -177,11 +178,17 @@ class FhirClient:
         if not queries:
             return results, failures
         workers = min(8, len(queries))
-        pool = self._pools.executor() if self._pools else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-fetch")
+        pool = (
+            self._pools.executor()
+            if self._pools
+            else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-fetch")
+        )
         # One connection pool for all keys, holding one connection per concurrent key.
         adapter = self._pools.adapter_for(self.base_url) if self._pools else _new_adapter(workers)
         try:
-            futures = {pool.submit(self._fetch_key, adapter, key, query, deadline): key for key, query in queries.items()}
+            futures = {
+                pool.submit(self._fetch_key, adapter, key, query, deadline): key for key, query in queries.items()
+            }
             done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             for future in done:
                 key = futures[future]
@@ -231,7 +238,9 @@ class FhirClient:
         prepared = requests.PreparedRequest()  # prepared by hand: no cookie jar is ever consulted
         prepared.prepare_method("GET")
         prepared.prepare_url(url, None)
-        prepared.prepare_headers({"Authorization": f"Bearer {self._token}", "Accept": "application/fhir+json, application/json"})
+        prepared.prepare_headers(
+            {"Authorization": f"Bearer {self._token}", "Accept": "application/fhir+json, application/json"}
+        )
         prepared.prepare_body(None, None)
         prepared.prepare_hooks(None)
         try:
@@ -241,9 +250,13 @@ class FhirClient:
         except requests.RequestException as exc:
             raise FetchFailed(key, f"could not reach the FHIR server ({type(exc).__name__})") from None
         with response:
-            log.info("fhir fetch key=%s status=%s ms=%.1f", key, response.status_code, (time.monotonic() - started) * 1000)
+            log.info(
+                "fhir fetch key=%s status=%s ms=%.1f", key, response.status_code, (time.monotonic() - started) * 1000
+            )
             if response.is_redirect or 300 <= response.status_code < 400:
-                raise FetchFailed(key, f"the FHIR server answered a redirect (HTTP {response.status_code}); not followed")
+                raise FetchFailed(
+                    key, f"the FHIR server answered a redirect (HTTP {response.status_code}); not followed"
+                )
             if response.status_code != 200:
                 raise FetchFailed(key, f"the FHIR server answered HTTP {response.status_code}")
             declared = response.headers.get("Content-Length", "")

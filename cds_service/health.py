@@ -1,4 +1,5 @@
 """Liveness and readiness for load balancers and container orchestrators."""
+
 from __future__ import annotations
 
 import logging

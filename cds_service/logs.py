@@ -1,6 +1,7 @@
 """Logs: one structured line per request (service, hookInstance, status, latency, rules fired,
 rating), JSON lines for collectors, human-readable lines at a terminal. Never PHI or tokens: only
 the fields named here are added, and messages elsewhere carry no values from requests."""
+
 from __future__ import annotations
 
 import logging
@@ -19,11 +20,18 @@ def configure_logging(style: str | None = None, level: str | None = None) -> Non
     """Root logging for the served app and the CLI: style "json" or "console" (default: console at a
     terminal, JSON otherwise; CDS_LOG_FORMAT), level CDS_LOG_LEVEL (default INFO)."""
     style = style or os.environ.get("CDS_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")
-    renderer = (structlog.dev.ConsoleRenderer(colors=False) if style == "console"
-                else structlog.processors.JSONRenderer(serializer=lambda data, **_: orjson.dumps(data).decode()))
+    renderer = (
+        structlog.dev.ConsoleRenderer(colors=False)
+        if style == "console"
+        else structlog.processors.JSONRenderer(serializer=lambda data, **_: orjson.dumps(data).decode())
+    )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
-                           structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ExtraAdder(),
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler()

@@ -1,6 +1,7 @@
 """Prometheus metrics at /metrics, correct under several gunicorn workers (multiprocess mode when
 PROMETHEUS_MULTIPROC_DIR is set, as gunicorn.conf.py does). Label values are bounded: service ids
 come from the service definitions, never from the URL."""
+
 from __future__ import annotations
 
 import os
@@ -11,17 +12,36 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 
 REQUESTS = Counter("cds_requests_total", "HTTP requests, by service (or endpoint) and status", ["service", "status"])
-LATENCY = Histogram("cds_request_seconds", "Request latency, by service (or endpoint)", ["service"],
-                    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0))
-FHIR_FALLBACK = Counter("cds_fhir_fallback_total", "Prefetch keys fetched from the EHR's FHIR server, by outcome", ["outcome"])
+LATENCY = Histogram(
+    "cds_request_seconds",
+    "Request latency, by service (or endpoint)",
+    ["service"],
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+FHIR_FALLBACK = Counter(
+    "cds_fhir_fallback_total", "Prefetch keys fetched from the EHR's FHIR server, by outcome", ["outcome"]
+)
 CARDS = Counter("cds_cards_total", "Cards answered (or held back by silent mode), by topic", ["topic", "silent"])
 RATINGS = Counter("cds_ratings_total", "Appropriateness ratings written back, by rating", ["rating"])
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Refused CDS client tokens, by reason", ["reason"])
 
-_AUTH_REASONS = (("no bearer", "missing"), ("expired", "expired"), ("iat in the future", "not-yet-valid"),
-                 ("aud", "audience"), ("unknown issuer", "issuer"), ("kid", "key"), ("jku", "key"),
-                 ("JWK Set", "key"), ("algorithm", "algorithm"), ("key", "algorithm"), ("replayed", "replay"),
-                 ("missing claim", "claims"), ("lifetime", "claims"), ("jti", "claims"), ("not a JWT", "malformed"))
+_AUTH_REASONS = (
+    ("no bearer", "missing"),
+    ("expired", "expired"),
+    ("iat in the future", "not-yet-valid"),
+    ("aud", "audience"),
+    ("unknown issuer", "issuer"),
+    ("kid", "key"),
+    ("jku", "key"),
+    ("JWK Set", "key"),
+    ("algorithm", "algorithm"),
+    ("key", "algorithm"),
+    ("replayed", "replay"),
+    ("missing claim", "claims"),
+    ("lifetime", "claims"),
+    ("jti", "claims"),
+    ("not a JWT", "malformed"),
+)
 
 bp = Blueprint("metrics", __name__)
 

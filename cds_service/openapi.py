@@ -1,4 +1,5 @@
 """The HTTP API described in OpenAPI 3.1 (cds_service/openapi.json), served at /openapi.json."""
+
 from __future__ import annotations
 
 import copy

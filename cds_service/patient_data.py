@@ -10,6 +10,7 @@ Speed: every resource is decoded once into a slim msgspec struct (type, status, 
 only the resources the rules read (the reading list) are then given typed fhir.resources R4B
 models. Entered-in-error and refuted resources, and resources of another patient, are dropped here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -175,8 +176,9 @@ _EXCLUDED_VERIFICATION = {"entered-in-error", "refuted"}
 class ReadingList(Protocol):
     """Which resources the rules read; supplied by the clinical knowledge."""
 
-    def reads(self, resource_type: str, codings: Sequence[SlimCoding], when: str | None = None,
-              value: Any = None) -> frozenset[str] | None:
+    def reads(
+        self, resource_type: str, codings: Sequence[SlimCoding], when: str | None = None, value: Any = None
+    ) -> frozenset[str] | None:
         """The element names the rules read ({"*"} for all of PROJECTION); an empty set when the
         resource was checked but cannot change a decision; None when it is not read at all."""
 
@@ -202,6 +204,7 @@ def decode_hook_request(body: bytes) -> HookRequest:
 
 
 # --- the record -------------------------------------------------------------------------------
+
 
 @dataclass
 class PatientRecord:
@@ -389,7 +392,9 @@ def _decode_tolerantly(raw: bytes | msgspec.Raw) -> _Resource:
             if resource_type and resource_type not in _READ_TYPES:
                 continue  # a resource type the rules never read, in a shape we do not model
             detail, path = describe_decode_error(exc)
-            raise MalformedData(f".entry[{index}].resource" + (f".{path}" if path and path != "$" else ""), detail) from None
+            raise MalformedData(
+                f".entry[{index}].resource" + (f".{path}" if path and path != "$" else ""), detail
+            ) from None
         entries.append(_Entry(resource=resource, search=entry.search))
     return _Resource(resourceType="Bundle", entry=entries, link=bundle.link)
 
@@ -434,7 +439,8 @@ def _apply_failure_policy(service: ServiceDefinition, missing: dict[str, str], r
         ]
         raise CdsError(
             412,
-            "Patient data needed for this decision could not be obtained from prefetch or the FHIR server: " + ", ".join(keys),
+            "Patient data needed for this decision could not be obtained from prefetch or the FHIR server: "
+            + ", ".join(keys),
             code="not-found",
             expression=keys,
             issues=issues,
@@ -462,8 +468,9 @@ def _read_resource(resource: _Resource, record: PatientRecord, reading_list: Rea
         elements = EVERYTHING
     else:
         if resource_type == "Observation":
-            elements = reading_list.reads(resource_type, resource.code.coding if resource.code else (), resource.when,
-                                          resource.valueQuantity)
+            elements = reading_list.reads(
+                resource_type, resource.code.coding if resource.code else (), resource.when, resource.valueQuantity
+            )
         else:
             elements = reading_list.reads(resource_type, resource.code.coding if resource.code else ())
         if not elements:
@@ -521,17 +528,71 @@ def _belongs_to(resource_type: str, data: dict[str, Any], patient_id: str) -> bo
 # projection ~0.1 ms) and means a malformed element the rules never read cannot cost a resource.
 PROJECTION: dict[str, tuple[str, ...]] = {
     "Patient": ("id", "birthDate", "gender", "deceasedBoolean", "deceasedDateTime"),
-    "Condition": ("id", "clinicalStatus", "verificationStatus", "severity", "code", "bodySite", "subject",
-                  "onsetDateTime", "onsetAge", "onsetPeriod", "onsetRange", "onsetString", "abatementDateTime",
-                  "abatementAge", "abatementPeriod", "abatementRange", "abatementString", "abatementBoolean",
-                  "recordedDate"),
-    "Observation": ("id", "status", "category", "code", "subject", "effectiveDateTime", "effectivePeriod",
-                    "effectiveInstant", "issued", "valueQuantity", "valueCodeableConcept", "valueString",
-                    "valueBoolean", "interpretation", "referenceRange", "bodySite"),
-    "ServiceRequest": ("id", "status", "intent", "category", "priority", "code", "subject", "authoredOn",
-                       "occurrenceDateTime", "occurrencePeriod", "bodySite", "reasonCode", "reasonReference"),
-    "Procedure": ("id", "status", "category", "code", "subject", "performedDateTime", "performedPeriod",
-                  "performedString", "bodySite"),
+    "Condition": (
+        "id",
+        "clinicalStatus",
+        "verificationStatus",
+        "severity",
+        "code",
+        "bodySite",
+        "subject",
+        "onsetDateTime",
+        "onsetAge",
+        "onsetPeriod",
+        "onsetRange",
+        "onsetString",
+        "abatementDateTime",
+        "abatementAge",
+        "abatementPeriod",
+        "abatementRange",
+        "abatementString",
+        "abatementBoolean",
+        "recordedDate",
+    ),
+    "Observation": (
+        "id",
+        "status",
+        "category",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "effectivePeriod",
+        "effectiveInstant",
+        "issued",
+        "valueQuantity",
+        "valueCodeableConcept",
+        "valueString",
+        "valueBoolean",
+        "interpretation",
+        "referenceRange",
+        "bodySite",
+    ),
+    "ServiceRequest": (
+        "id",
+        "status",
+        "intent",
+        "category",
+        "priority",
+        "code",
+        "subject",
+        "authoredOn",
+        "occurrenceDateTime",
+        "occurrencePeriod",
+        "bodySite",
+        "reasonCode",
+        "reasonReference",
+    ),
+    "Procedure": (
+        "id",
+        "status",
+        "category",
+        "code",
+        "subject",
+        "performedDateTime",
+        "performedPeriod",
+        "performedString",
+        "bodySite",
+    ),
     "Device": ("id", "status", "type", "safety", "deviceName", "patient"),
 }
 

@@ -4,6 +4,7 @@ Requests are decoded with msgspec straight from bytes into slim typed structs: o
 the service reads are materialised, unknown fields are ignored (clients add their own), and
 prefetch values stay as raw JSON until patient_data decides which of them it needs.
 """
+
 from __future__ import annotations
 
 import re
@@ -16,6 +17,7 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 # --- service request ------------------------------------------------------------------------
+
 
 class FhirAuthorization(msgspec.Struct):
     access_token: NonEmptyStr
@@ -57,6 +59,7 @@ class HookRequest(msgspec.Struct):
 
 # --- feedback -------------------------------------------------------------------------------
 
+
 class Coding(msgspec.Struct):
     code: NonEmptyStr
     system: NonEmptyStr
@@ -85,6 +88,7 @@ class FeedbackRequest(msgspec.Struct):
 
 
 # --- errors ---------------------------------------------------------------------------------
+
 
 class CdsError(Exception):
     """An answer other than 200, carried to the HTTP layer as an OperationOutcome."""

@@ -1,4 +1,5 @@
 """What one application instance holds: settings, services, knowledge, evaluator and store."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,5 +58,6 @@ def require_json() -> None:
     """415 unless the body is declared as JSON (application/json, application/fhir+json, */*+json)."""
     mimetype = request.mimetype or ""
     if mimetype not in JSON_TYPES and not mimetype.endswith("+json"):
-        raise CdsError(415, "Send the request body as application/json", code="not-supported",
-                       expression=["Content-Type"])
+        raise CdsError(
+            415, "Send the request body as application/json", code="not-supported", expression=["Content-Type"]
+        )

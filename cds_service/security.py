@@ -4,6 +4,7 @@ Preflight requests carry no credentials, so they are answered first, before auth
 Every discovery, service and feedback call then needs `Authorization: Bearer <JWT>` signed by a
 trusted CDS client (CDS_TRUSTED_ISSUERS), unless CDS_AUTH=off (a local trial only).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,6 +39,7 @@ UNAUTHENTICATED_ENDPOINTS = {"health.alive", "health.ready", "openapi.serve", "m
 
 
 # --- CORS ------------------------------------------------------------------------------------------
+
 
 def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
     allow_any = "*" in origins
@@ -76,6 +78,7 @@ def init_cors(app: Flask, origins: tuple[str, ...]) -> None:
 
 # --- trusted issuers ---------------------------------------------------------------------------------
 
+
 class TrustError(ValueError):
     """CDS_TRUSTED_ISSUERS is unusable: raised at start-up."""
 
@@ -86,8 +89,13 @@ class LimitedJWKClient(PyJWKClient):
 
     def fetch_data(self) -> Any:
         try:
-            with requests.get(self.uri, timeout=JWKS_TIMEOUT_SECONDS, allow_redirects=False, stream=True,
-                              headers={"Accept": "application/json"}) as response:
+            with requests.get(
+                self.uri,
+                timeout=JWKS_TIMEOUT_SECONDS,
+                allow_redirects=False,
+                stream=True,
+                headers={"Accept": "application/json"},
+            ) as response:
                 if response.status_code != 200:
                     raise PyJWKClientConnectionError(f"JWK Set fetch answered HTTP {response.status_code}")
                 body = response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)
@@ -160,13 +168,22 @@ def load_trusted_issuers(path: Path | None) -> dict[str, TrustedIssuer]:
             urls = tuple(entry["jku"]) if isinstance(entry["jku"], list) else (entry["jku"],)
             if not urls or not all(isinstance(u, str) and u.startswith("https://") for u in urls):
                 raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: jku must be a list of https URLs")
-            clients = {url: LimitedJWKClient(url, cache_keys=False, lifespan=300, timeout=JWKS_TIMEOUT_SECONDS,
-                                             cooldown_duration=JWKS_REFRESH_COOLDOWN_SECONDS) for url in urls}
+            clients = {
+                url: LimitedJWKClient(
+                    url,
+                    cache_keys=False,
+                    lifespan=300,
+                    timeout=JWKS_TIMEOUT_SECONDS,
+                    cooldown_duration=JWKS_REFRESH_COOLDOWN_SECONDS,
+                )
+                for url in urls
+            }
             issuers[iss] = TrustedIssuer(iss, jku=urls, clients=clients)
     return issuers
 
 
 # --- token verification -------------------------------------------------------------------------------
+
 
 class AuthError(Exception):
     """Why a token was refused: logged, never sent to the client."""
@@ -184,8 +201,14 @@ ReplayCheck = Callable[[Client], bool]  # True when the jti was not seen before 
 
 
 class Authenticator:
-    def __init__(self, issuers: dict[str, TrustedIssuer], remember_jti: ReplayCheck, *, leeway: float = 60.0,
-                 max_lifetime: float = 3600.0) -> None:
+    def __init__(
+        self,
+        issuers: dict[str, TrustedIssuer],
+        remember_jti: ReplayCheck,
+        *,
+        leeway: float = 60.0,
+        max_lifetime: float = 3600.0,
+    ) -> None:
         self.issuers = issuers
         self.remember_jti = remember_jti
         self.leeway = leeway
@@ -210,8 +233,15 @@ class Authenticator:
         key = issuer.key_for(header)
         _check_key_matches(key, alg)
         try:
-            claims = jwt.decode(token, key.key, algorithms=[alg], audience=audience, issuer=issuer.iss,
-                                leeway=self.leeway, options={"require": ["exp", "iat", "iss", "aud", "jti"]})
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audience,
+                issuer=issuer.iss,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "iss", "aud", "jti"]},
+            )
         except jwt.ExpiredSignatureError:
             raise AuthError("expired") from None
         except jwt.ImmatureSignatureError:
@@ -289,7 +319,9 @@ def init_auth(app: Flask, settings: Settings, authenticator: Authenticator | Non
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _refuse("no bearer token")
-        audience = (settings.public_base_url.rstrip("/") + request.path) if settings.public_base_url else request.base_url
+        audience = (
+            (settings.public_base_url.rstrip("/") + request.path) if settings.public_base_url else request.base_url
+        )
         try:
             g.cds_client = authenticator.verify(token.strip(), audience)
         except AuthError as error:

@@ -3,6 +3,7 @@
 A definition carries the discovery fields (id, hook, title, description, usageRequirements,
 prefetch) plus local settings that are never advertised (silent roll-out, per-key failure policy).
 """
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Durable storage through SQLAlchemy: SQLite by default, PostgreSQL (or any SQLAlchemy URL) via
 CDS_DATABASE_URL. The schema is managed by Alembic (cds_service/migrations); these tables mirror it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -172,6 +173,7 @@ class Store:
             from sqlalchemy.dialects.postgresql import insert
         else:  # pragma: no cover - other databases: plain insert, duplicates raise
             from sqlalchemy import insert
+
             return insert(table).returning(table.c[key])
         return insert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
 
@@ -198,8 +200,13 @@ class Store:
         """True when this (issuer, jti) was not seen before; it is remembered until `expires_at`."""
         key = hashlib.sha256(issuer.encode() + b"\0" + jti.encode()).hexdigest()
         with self.engine.begin() as connection:
-            new = connection.execute(self._insert_ignoring_duplicates(jti_seen, "token_key"),
-                                     {"token_key": key, "expires_at": expires_at}).first() is not None
+            new = (
+                connection.execute(
+                    self._insert_ignoring_duplicates(jti_seen, "token_key"),
+                    {"token_key": key, "expires_at": expires_at},
+                ).first()
+                is not None
+            )
             self._jti_writes += 1
             if self._jti_writes % 256 == 0:  # forget expired ids now and then
                 connection.execute(delete(jti_seen).where(jti_seen.c.expires_at < time.time()))
@@ -212,7 +219,9 @@ class Store:
         records = list(records)
         cards = [{**card, "consult_id": record["consult_id"]} for record in records for card in record["cards"]]
         with self.engine.begin() as connection:
-            connection.execute(audit.insert(), [{k: v for k, v in record.items() if k != "cards"} for record in records])
+            connection.execute(
+                audit.insert(), [{k: v for k, v in record.items() if k != "cards"} for record in records]
+            )
             if cards:
                 connection.execute(audit_card.insert(), cards)
 
@@ -225,12 +234,25 @@ class Store:
 
     def cards_with_feedback(self, since: datetime | None = None) -> list[dict[str, Any]]:
         """Every card shown since `since`, with each feedback entry reported for it (or none)."""
-        query = (select(audit_card.c.card_uuid, audit_card.c.topic, audit_card.c.rule_id, audit.c.silent,
-                        feedback.c.id.label("feedback_id"), feedback.c.outcome, feedback.c.outcome_timestamp,
-                        feedback.c.override_reason_code, feedback.c.override_reason_display)
-                 .select_from(audit_card.join(audit, audit_card.c.consult_id == audit.c.consult_id)
-                              .outerjoin(feedback, feedback.c.card_uuid == audit_card.c.card_uuid))
-                 .order_by(audit_card.c.card_uuid, feedback.c.outcome_timestamp, feedback.c.id))
+        query = (
+            select(
+                audit_card.c.card_uuid,
+                audit_card.c.topic,
+                audit_card.c.rule_id,
+                audit.c.silent,
+                feedback.c.id.label("feedback_id"),
+                feedback.c.outcome,
+                feedback.c.outcome_timestamp,
+                feedback.c.override_reason_code,
+                feedback.c.override_reason_display,
+            )
+            .select_from(
+                audit_card.join(audit, audit_card.c.consult_id == audit.c.consult_id).outerjoin(
+                    feedback, feedback.c.card_uuid == audit_card.c.card_uuid
+                )
+            )
+            .order_by(audit_card.c.card_uuid, feedback.c.outcome_timestamp, feedback.c.id)
+        )
         if since is not None:
             query = query.where(audit.c.created_at >= since)
         with self.engine.connect() as connection:

@@ -1,4 +1,5 @@
 """What a golden comparison looks at: topics, indicators, actions and ratings, never UUIDs or prose."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,6 +40,8 @@ def summarize(response: dict[str, Any], rules: list[str]) -> dict[str, Any]:
             }
             for card in response.get("cards", [])
         ],
-        "ratings": {f"ServiceRequest/{a['resource']['id']}": _rating(a["resource"]) for a in response.get("systemActions", [])},
+        "ratings": {
+            f"ServiceRequest/{a['resource']['id']}": _rating(a["resource"]) for a in response.get("systemActions", [])
+        },
         "rules": rules,
     }

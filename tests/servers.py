@@ -1,4 +1,5 @@
 """Test helpers: the app served by real gunicorn workers, and log capture in a given style."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,24 @@ def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[tuple[str, Path]
         port = sock.getsockname()[1]
     log_file = Path(tempfile.mkstemp(prefix="cds-gunicorn-", suffix=".log")[1])
     with open(log_file, "wb") as stderr:
-        server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", str(workers),
-                                   "-b", f"127.0.0.1:{port}", "cds_service.wsgi:app"], cwd=ROOT, env={**os.environ, **env},
-                                  stdout=subprocess.DEVNULL, stderr=stderr)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "cds_service.wsgi:app",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):

@@ -1,4 +1,5 @@
 """Override analytics from a known set of stored rows."""
+
 from __future__ import annotations
 
 import json
@@ -14,20 +15,49 @@ NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 
 
 def consultation(store, n, *, topics, rating="not-appropriate", code="72148", silent=False, when=NOW, rule="R-08"):
-    store.add_audit([{
-        "created_at": when, "service_id": "lumbar-mri-order-select", "hook": "order-select", "hook_instance": f"h{n}",
-        "tenant": None, "consult_id": f"urn:uuid:{n}", "patient_key": "k", "order_system": "cpt", "order_code": code,
-        "rating": rating, "acr_category": None, "variant": None, "rules_fired": [rule, "R-18"], "card_topics": topics,
-        "fallback_used": False, "silent": silent, "latency_ms": 3.0,
-        "cards": [{"card_uuid": f"card-{n}-{i}", "topic": t, "rule_id": rule, "indicator": "warning"} for i, t in enumerate(topics)]}])
+    store.add_audit(
+        [
+            {
+                "created_at": when,
+                "service_id": "lumbar-mri-order-select",
+                "hook": "order-select",
+                "hook_instance": f"h{n}",
+                "tenant": None,
+                "consult_id": f"urn:uuid:{n}",
+                "patient_key": "k",
+                "order_system": "cpt",
+                "order_code": code,
+                "rating": rating,
+                "acr_category": None,
+                "variant": None,
+                "rules_fired": [rule, "R-18"],
+                "card_topics": topics,
+                "fallback_used": False,
+                "silent": silent,
+                "latency_ms": 3.0,
+                "cards": [
+                    {"card_uuid": f"card-{n}-{i}", "topic": t, "rule_id": rule, "indicator": "warning"}
+                    for i, t in enumerate(topics)
+                ],
+            }
+        ]
+    )
 
 
 def feedback(store, card, outcome, reason=None, at="2026-06-01T12:05:00Z"):
     entry = {"card": card, "outcome": outcome, "outcomeTimestamp": at}
-    row = {"raw": entry, "card_uuid": card, "outcome": outcome, "accepted_suggestions": ["s"] if outcome == "accepted" else None,
-           "override_reason_system": "urn:x" if reason else None, "override_reason_code": reason,
-           "override_reason_display": reason.replace("-", " ").capitalize() if reason else None, "user_comment": None,
-           "outcome_timestamp": datetime.fromisoformat(at), "received_at": NOW}
+    row = {
+        "raw": entry,
+        "card_uuid": card,
+        "outcome": outcome,
+        "accepted_suggestions": ["s"] if outcome == "accepted" else None,
+        "override_reason_system": "urn:x" if reason else None,
+        "override_reason_code": reason,
+        "override_reason_display": reason.replace("-", " ").capitalize() if reason else None,
+        "user_comment": None,
+        "outcome_timestamp": datetime.fromisoformat(at),
+        "received_at": NOW,
+    }
     store.add_feedback("lumbar-mri-order-select", [row])
 
 
@@ -51,12 +81,21 @@ def store(database_url):
 def test_report_counts_cards_outcomes_and_reasons(store):
     report = build_report(store, NOW - timedelta(days=30))
     defer = report["by_topic"]["defer-imaging"]
-    assert (defer["shown"], defer["accepted"], defer["overridden"], defer["no_feedback"], defer["silent"]) == (4, 1, 2, 1, 1)
+    assert (defer["shown"], defer["accepted"], defer["overridden"], defer["no_feedback"], defer["silent"]) == (
+        4,
+        1,
+        2,
+        1,
+        1,
+    )
     assert defer["override_reasons"] == {"Red flag not in record": 2}
     assert defer["override_rate"] == 0.5
     assert report["by_topic"]["urgent-imaging"]["accepted"] == 1
     assert report["by_rule"]["R-08"]["shown"] == 4 and report["by_rule"]["R-01"]["shown"] == 1
-    assert report["ratings_by_ordered_code"] == {"72148": {"not-appropriate": 4, "appropriate": 1}, "72149": {"not-appropriate": 1}}
+    assert report["ratings_by_ordered_code"] == {
+        "72148": {"not-appropriate": 4, "appropriate": 1},
+        "72149": {"not-appropriate": 1},
+    }
     assert (report["consultations"], report["silent_consultations"]) == (6, 1)
 
 
@@ -74,9 +113,16 @@ def test_formats(store):
     assert "defer-imaging" in table and "overridden: Red flag not in record (2)" in table
 
 
-@pytest.mark.parametrize("value, expected", [("30d", NOW - timedelta(days=30)), ("12h", NOW - timedelta(hours=12)),
-                                             ("2w", NOW - timedelta(weeks=2)), ("2026-05-01", datetime(2026, 5, 1, tzinfo=timezone.utc)),
-                                             (None, None)])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("30d", NOW - timedelta(days=30)),
+        ("12h", NOW - timedelta(hours=12)),
+        ("2w", NOW - timedelta(weeks=2)),
+        ("2026-05-01", datetime(2026, 5, 1, tzinfo=timezone.utc)),
+        (None, None),
+    ],
+)
 def test_since(value, expected):
     assert parse_since(value, NOW) == expected
 

@@ -1,4 +1,5 @@
 """HTTP behaviour of the service endpoints: bad input always gets an OperationOutcome, never a 500."""
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,9 @@ def test_body_without_content_type_is_415(client):
 
 
 def test_fhir_json_content_type_is_accepted(client):
-    response = client.post(SELECT, data=json.dumps(load_request("acute-lbp-defer")), content_type="application/fhir+json")
+    response = client.post(
+        SELECT, data=json.dumps(load_request("acute-lbp-defer")), content_type="application/fhir+json"
+    )
     assert response.status_code == 200
 
 

@@ -1,4 +1,5 @@
 """The audit trail: one record per evaluated order, no direct identifiers; silent roll-out."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,21 +27,30 @@ def rows(app):
     return app.extensions["cds"].store.audit_rows()
 
 
-@pytest.mark.parametrize("scenario, topics, rating, rules", [
-    ("acute-lbp-defer", ["defer-imaging"], "not-appropriate", ["R-08", "R-18"]),
-    ("cauda-equina", ["urgent-imaging"], "appropriate", ["R-01", "R-18"]),
-    ("pacemaker-ct-alternative", ["ct-alternative"], "appropriate", ["R-10", "R-13", "R-18"]),
-    ("no-indication", [], "no-criteria-apply", ["R-18"]),
-    ("under-18", [], "no-criteria-apply", ["R-18"]),
-])
+@pytest.mark.parametrize(
+    "scenario, topics, rating, rules",
+    [
+        ("acute-lbp-defer", ["defer-imaging"], "not-appropriate", ["R-08", "R-18"]),
+        ("cauda-equina", ["urgent-imaging"], "appropriate", ["R-01", "R-18"]),
+        ("pacemaker-ct-alternative", ["ct-alternative"], "appropriate", ["R-10", "R-13", "R-18"]),
+        ("no-indication", [], "no-criteria-apply", ["R-18"]),
+        ("under-18", [], "no-criteria-apply", ["R-18"]),
+    ],
+)
 def test_one_record_per_evaluated_order(app, client, scenario, topics, rating, rules):
     request = load_request(scenario)
     body = client.post(SELECT, json=request).get_json()
     [row] = rows(app)
-    assert (row["service_id"], row["hook"], row["hook_instance"]) == ("lumbar-mri-order-select", "order-select", request["hookInstance"])
+    assert (row["service_id"], row["hook"], row["hook_instance"]) == (
+        "lumbar-mri-order-select",
+        "order-select",
+        request["hookInstance"],
+    )
     assert (row["card_topics"], row["rating"], row["rules_fired"]) == (topics, rating, rules)
     assert row["order_code"] == "72148" and row["order_system"] == "http://www.ama-assn.org/go/cpt"
-    consult = next(e["valueUri"] for e in body["systemActions"][0]["resource"]["extension"] if e["url"] == PAMA_CONSULT_ID)
+    consult = next(
+        e["valueUri"] for e in body["systemActions"][0]["resource"]["extension"] if e["url"] == PAMA_CONSULT_ID
+    )
     assert row["consult_id"] == consult
     assert row["fallback_used"] is False and row["silent"] is False and row["latency_ms"] > 0
     assert row["tenant"] is None
@@ -90,18 +100,31 @@ def test_tenant_from_the_client_jwt_is_recorded(make_app, tmp_path):
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))
     app = make_app(auth="required", trusted_issuers=issuers)
-    app.test_client().post(SELECT, json=load_request("acute-lbp-defer"),
-                           headers={"Authorization": f"Bearer {token(tenant='hospital-7')}"})
+    app.test_client().post(
+        SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {token(tenant='hospital-7')}"}
+    )
     assert rows(app)[0]["tenant"] == "hospital-7"
 
 
 def test_feedback_joins_the_record_through_the_card_uuid(app, client):
     card = client.post(SELECT, json=load_request("acute-lbp-defer")).get_json()["cards"][0]
-    client.post(FEEDBACK, json={"feedback": [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-06-01T12:01:00Z",
-                                              "overrideReason": {"reason": {"system": "urn:x", "code": "red-flag-not-in-record"}}}]})
+    client.post(
+        FEEDBACK,
+        json={
+            "feedback": [
+                {
+                    "card": card["uuid"],
+                    "outcome": "overridden",
+                    "outcomeTimestamp": "2026-06-01T12:01:00Z",
+                    "overrideReason": {"reason": {"system": "urn:x", "code": "red-flag-not-in-record"}},
+                }
+            ]
+        },
+    )
     joined = app.extensions["cds"].store.cards_with_feedback()
     assert [(j["card_uuid"], j["topic"], j["rule_id"], j["outcome"], j["override_reason_code"]) for j in joined] == [
-        (card["uuid"], "defer-imaging", "R-08", "overridden", "red-flag-not-in-record")]
+        (card["uuid"], "defer-imaging", "R-08", "overridden", "red-flag-not-in-record")
+    ]
 
 
 def test_a_database_outage_does_not_fail_the_hook_call(app, client, tmp_path):
@@ -128,6 +151,7 @@ def test_background_writer_writes_batches_and_keeps_records_while_the_database_i
 
 
 # --- silent roll-out -------------------------------------------------------------------------------
+
 
 def test_global_silent_mode_answers_nothing_but_audits(make_app):
     app = make_app(silent=True)

@@ -1,4 +1,5 @@
 """CDS client authentication (CDS Hooks 2.0 JWT): an attack corpus, one case per test."""
+
 from __future__ import annotations
 
 import base64
@@ -34,10 +35,16 @@ def jwk(private_key, kid, alg):
 @pytest.fixture
 def issuers_file(tmp_path):
     path = tmp_path / "issuers.json"
-    path.write_text(json.dumps({"issuers": [
-        {"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384"), jwk(RSA_KEY, "rsa-1", "RS384")]}},
-        {"iss": JKU_ISS, "jku": [JKU]},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "issuers": [
+                    {"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384"), jwk(RSA_KEY, "rsa-1", "RS384")]}},
+                    {"iss": JKU_ISS, "jku": [JKU]},
+                ]
+            }
+        )
+    )
     return path
 
 
@@ -88,7 +95,9 @@ def test_expired_token(client, caplog):
 
 
 def test_iat_too_far_in_the_future(client, caplog):
-    assert_refused(call(client, token(iat=int(time.time()) + 600, exp=int(time.time()) + 900)), caplog, "iat in the future")
+    assert_refused(
+        call(client, token(iat=int(time.time()) + 600, exp=int(time.time()) + 900)), caplog, "iat in the future"
+    )
 
 
 def test_wrong_audience(client, caplog):
@@ -96,21 +105,36 @@ def test_wrong_audience(client, caplog):
 
 
 def test_discovery_audience_is_the_discovery_url(client):
-    assert client.get("/cds-services", headers={"Authorization": f"Bearer {token(aud=BASE + '/cds-services')}"}).status_code == 200
+    assert (
+        client.get(
+            "/cds-services", headers={"Authorization": f"Bearer {token(aud=BASE + '/cds-services')}"}
+        ).status_code
+        == 200
+    )
     refused = client.get("/cds-services", headers={"Authorization": f"Bearer {token()}"})
     assert_refused(refused)
 
 
 def test_feedback_audience_is_the_feedback_url(client):
-    body = {"feedback": [{"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-06-01T12:00:00Z",
-                          "overrideReason": {"userComment": "n/a"}}]}
+    body = {
+        "feedback": [
+            {
+                "card": "c1",
+                "outcome": "overridden",
+                "outcomeTimestamp": "2026-06-01T12:00:00Z",
+                "overrideReason": {"userComment": "n/a"},
+            }
+        ]
+    }
     path = SELECT + "/feedback"
     assert call(client, token(aud=BASE + path), path, body).status_code == 200
     assert_refused(call(client, token(), path, body))
 
 
 def test_audience_behind_a_proxy_comes_from_the_public_base_url(make_app, issuers_file):
-    client = make_app(auth="required", trusted_issuers=issuers_file, public_base_url="https://cds.hospital.org/mri").test_client()
+    client = make_app(
+        auth="required", trusted_issuers=issuers_file, public_base_url="https://cds.hospital.org/mri"
+    ).test_client()
     assert call(client, token(aud="https://cds.hospital.org/mri" + SELECT)).status_code == 200
     assert_refused(call(client, token()))
 
@@ -124,20 +148,32 @@ def test_unknown_kid(client, caplog):
 
 
 def test_alg_none(client, caplog):
-    unsigned = jwt.encode({"iss": ISS, "aud": BASE + SELECT, "iat": int(time.time()), "exp": int(time.time()) + 300,
-                           "jti": "x"}, None, algorithm="none", headers={"kid": "ec-1"})
+    unsigned = jwt.encode(
+        {"iss": ISS, "aud": BASE + SELECT, "iat": int(time.time()), "exp": int(time.time()) + 300, "jti": "x"},
+        None,
+        algorithm="none",
+        headers={"kid": "ec-1"},
+    )
     assert_refused(call(client, unsigned), caplog, "algorithm not allowed")
 
 
 def test_hs384_signed_with_the_public_key(client, caplog):
     """Algorithm confusion: the public key used as an HMAC secret."""
-    public_pem = EC_KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = EC_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     header = base64.urlsafe_b64encode(json.dumps({"alg": "HS384", "typ": "JWT", "kid": "ec-1"}).encode()).rstrip(b"=")
-    payload = base64.urlsafe_b64encode(json.dumps({"iss": ISS, "aud": BASE + SELECT, "iat": int(time.time()),
-                                                   "exp": int(time.time()) + 300, "jti": "x"}).encode()).rstrip(b"=")
+    payload = base64.urlsafe_b64encode(
+        json.dumps(
+            {"iss": ISS, "aud": BASE + SELECT, "iat": int(time.time()), "exp": int(time.time()) + 300, "jti": "x"}
+        ).encode()
+    ).rstrip(b"=")
     import hashlib
     import hmac
-    signature = base64.urlsafe_b64encode(hmac.new(public_pem, header + b"." + payload, hashlib.sha384).digest()).rstrip(b"=")
+
+    signature = base64.urlsafe_b64encode(hmac.new(public_pem, header + b"." + payload, hashlib.sha384).digest()).rstrip(
+        b"="
+    )
     assert_refused(call(client, (header + b"." + payload + b"." + signature).decode()), caplog, "algorithm not allowed")
 
 
@@ -202,8 +238,11 @@ def test_the_token_never_reaches_the_logs(client, caplog):
 
 # --- JWK Sets fetched from jku ---------------------------------------------------------------------
 
+
 def jku_token(**kwargs):
-    return token(key=JKU_KEY, kid=kwargs.pop("kid", "jku-1"), iss=JKU_ISS, headers={"jku": kwargs.pop("jku", JKU)}, **kwargs)
+    return token(
+        key=JKU_KEY, kid=kwargs.pop("kid", "jku-1"), iss=JKU_ISS, headers={"jku": kwargs.pop("jku", JKU)}, **kwargs
+    )
 
 
 def test_jku_jwk_set_is_fetched_once_and_cached(client):
@@ -245,6 +284,7 @@ def test_oversized_jwk_set_is_refused(client):
 
 # --- configuration ------------------------------------------------------------------------------------
 
+
 def test_required_auth_without_trusted_issuers_refuses_to_start(database_url):
     with pytest.raises(TrustError, match="CDS_TRUSTED_ISSUERS"):
         create_app({"database_url": database_url, "auth": "required"})
@@ -255,12 +295,15 @@ def test_auth_off_warns_at_every_start(database_url, caplog):
     assert "CDS_AUTH=off" in caplog.text
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"iss": ISS}, "exactly one"),
-    ({"iss": ISS, "jwks": {"keys": []}, "jku": [JKU]}, "exactly one"),
-    ({"iss": ISS, "jku": ["http://plain.example.org/jwks.json"]}, "https"),
-    ({"jku": [JKU]}, "'iss'"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"iss": ISS}, "exactly one"),
+        ({"iss": ISS, "jwks": {"keys": []}, "jku": [JKU]}, "exactly one"),
+        ({"iss": ISS, "jku": ["http://plain.example.org/jwks.json"]}, "https"),
+        ({"jku": [JKU]}, "'iss'"),
+    ],
+)
 def test_bad_issuer_files_are_refused(tmp_path, entry, message):
     path = tmp_path / "issuers.json"
     path.write_text(json.dumps({"issuers": [entry]}))
@@ -271,7 +314,10 @@ def test_bad_issuer_files_are_refused(tmp_path, entry, message):
 def test_the_sandbox_issuer_file_is_dev_only_and_not_a_default(make_app):
     path = ROOT / "config" / "sandbox-issuer.DEV-ONLY.json"
     issuers = load_trusted_issuers(path)
-    assert [k.key_id for k in issuers["https://sandbox.cds-hooks.org"].keys.keys] == ["44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"]
+    assert [k.key_id for k in issuers["https://sandbox.cds-hooks.org"].keys.keys] == [
+        "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
+    ]
     assert "DEVELOPMENT ONLY" in path.read_text()
     from cds_service.configuration import load_settings
+
     assert load_settings({}).trusted_issuers is None

@@ -1,4 +1,5 @@
 """The card contract an EHR sees (CDS Hooks 2.0 and the PAMA rating), checked on every scenario."""
+
 from __future__ import annotations
 
 import copy
@@ -47,10 +48,17 @@ def test_responses_carry_no_empty_values(client, name):
     body = answer(client, name, request)
     if body == {"cards": []}:
         return
-    echoed = {key for entry in request["context"]["draftOrders"]["entry"] for key, value in entry["resource"].items()
-              if value in ([], {}, "")}
-    introduced = [path for path in find_empty({k: v for k, v in body.items() if k != "cards"})
-                  if path.rsplit(".", 1)[-1] not in echoed]
+    echoed = {
+        key
+        for entry in request["context"]["draftOrders"]["entry"]
+        for key, value in entry["resource"].items()
+        if value in ([], {}, "")
+    }
+    introduced = [
+        path
+        for path in find_empty({k: v for k, v in body.items() if k != "cards"})
+        if path.rsplit(".", 1)[-1] not in echoed
+    ]
     assert introduced == []
     for card in body["cards"]:  # "cards": [] itself is the one empty value the spec allows
         assert list(find_empty(card)) == []
@@ -92,7 +100,11 @@ def test_deferral_cards_say_what_was_looked_at_and_that_no_red_flag_is_recorded(
         assert "no red flags recorded" in card["summary"] or "no change recorded" in card["summary"]
         assert any(r["code"] == "red-flag-not-in-record" for r in card["overrideReasons"])
         deletes = [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
-        assert deletes and all(a["resourceId"] == "ServiceRequest/" + load_request(name)["context"]["draftOrders"]["entry"][0]["resource"]["id"] for a in deletes)
+        assert deletes and all(
+            a["resourceId"]
+            == "ServiceRequest/" + load_request(name)["context"]["draftOrders"]["entry"][0]["resource"]["id"]
+            for a in deletes
+        )
 
 
 def test_deferral_offers_a_physical_therapy_referral(client):
@@ -103,8 +115,16 @@ def test_deferral_offers_a_physical_therapy_referral(client):
     assert created[0]["subject"] == {"reference": "Patient/pt-acute-lbp"} and created[0]["status"] == "draft"
 
 
-@pytest.mark.parametrize("name, priority", [("cauda-equina", "stat"), ("foot-drop", "stat"), ("cancer-history", "urgent"),
-                                            ("infection-fever-ivdu", "urgent"), ("infection-sepsis", "stat")])
+@pytest.mark.parametrize(
+    "name, priority",
+    [
+        ("cauda-equina", "stat"),
+        ("foot-drop", "stat"),
+        ("cancer-history", "urgent"),
+        ("infection-fever-ivdu", "urgent"),
+        ("infection-sepsis", "stat"),
+    ],
+)
 def test_urgent_cards_raise_the_priority_of_the_draft(client, name, priority):
     card = next(c for c in answer(client, name)["cards"] if c["source"]["topic"]["code"] == "urgent-imaging")
     assert card["indicator"] == ("critical" if priority == "stat" else "warning")
@@ -122,8 +142,13 @@ def test_ct_is_never_suggested_because_of_pregnancy_or_kidney_function(client):
     for name in ("pregnancy-contrast", "pregnancy-non-contrast", "pregnancy-with-implant", "low-egfr-contrast"):
         body = answer(client, name)
         assert "ct-alternative" not in [c["source"]["topic"]["code"] for c in body["cards"]], name
-        codes = [a["resource"]["code"]["coding"][0]["code"] for c in body["cards"] for s in c.get("suggestions", [])
-                 for a in s["actions"] if a["type"] != "delete"]
+        codes = [
+            a["resource"]["code"]["coding"][0]["code"]
+            for c in body["cards"]
+            for s in c.get("suggestions", [])
+            for a in s["actions"]
+            if a["type"] != "delete"
+        ]
         assert not {"72131", "72132", "62284"} & set(codes), name
 
 
@@ -135,9 +160,22 @@ def test_ct_alternative_replaces_the_mri_with_the_site_ct_code(client):
 
 
 def test_site_code_map_is_configurable(make_app, tmp_path):
-    (tmp_path / "codes.json").write_text(json.dumps({"ct_lumbar_without_contrast": [
-        {"coding": {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580", "code": "IMG1234", "display": "CT L-SPINE WO"},
-         "modality": "ct"}]}))
+    (tmp_path / "codes.json").write_text(
+        json.dumps(
+            {
+                "ct_lumbar_without_contrast": [
+                    {
+                        "coding": {
+                            "system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580",
+                            "code": "IMG1234",
+                            "display": "CT L-SPINE WO",
+                        },
+                        "modality": "ct",
+                    }
+                ]
+            }
+        )
+    )
     client = make_app(site_codes=tmp_path / "codes.json").test_client()
     card = answer(client, "pacemaker-ct-alternative")["cards"][0]
     coding = card["suggestions"][0]["actions"][0]["resource"]["code"]["coding"][0]
@@ -156,11 +194,17 @@ def test_every_evaluated_order_gets_one_rating_update_that_changes_nothing_else(
         resource = action["resource"]
         assert action["type"] == "update" and action["description"]
         rating = next(e for e in resource["extension"] if e["url"] == PAMA_RATING)["valueCodeableConcept"]["coding"][0]
-        assert rating["system"] == PAMA_RATING_SYSTEM and rating["code"] in {"appropriate", "not-appropriate", "no-criteria-apply"}
+        assert rating["system"] == PAMA_RATING_SYSTEM and rating["code"] in {
+            "appropriate",
+            "not-appropriate",
+            "no-criteria-apply",
+        }
         consult = next(e for e in resource["extension"] if e["url"] == PAMA_CONSULT_ID)["valueUri"]
         assert consult.startswith("urn:uuid:") and len(consult) == 45
         unchanged = copy.deepcopy(resource)
-        unchanged["extension"] = [e for e in resource["extension"] if not e["url"].startswith("http://fhir.org/argonaut/")]
+        unchanged["extension"] = [
+            e for e in resource["extension"] if not e["url"].startswith("http://fhir.org/argonaut/")
+        ]
         if not unchanged["extension"]:
             del unchanged["extension"]
         assert unchanged == drafts[resource["id"]]
@@ -170,8 +214,10 @@ def test_every_evaluated_order_gets_one_rating_update_that_changes_nothing_else(
 
 def test_consult_ids_are_new_for_every_evaluation(client):
     first, second = answer(client, "acute-lbp-defer"), answer(client, "acute-lbp-defer")
-    ids = [next(e["valueUri"] for e in b["systemActions"][0]["resource"]["extension"] if e["url"] == PAMA_CONSULT_ID)
-           for b in (first, second)]
+    ids = [
+        next(e["valueUri"] for e in b["systemActions"][0]["resource"]["extension"] if e["url"] == PAMA_CONSULT_ID)
+        for b in (first, second)
+    ]
     assert ids[0] != ids[1]
 
 
@@ -186,7 +232,9 @@ def test_sandbox_applies_our_updates(client):
     request = json.loads((FIXTURES / "sandbox" / "pama-lumbar-mri.json").read_text())
     body = client.post("/cds-services/lumbar-mri-order-select", json=request).get_json()
     draft = request["context"]["draftOrders"]["entry"][0]["resource"]
-    updates = [a for c in body["cards"] for s in c.get("suggestions", []) for a in s["actions"] if a["type"] == "update"]
+    updates = [
+        a for c in body["cards"] for s in c.get("suggestions", []) for a in s["actions"] if a["type"] == "update"
+    ]
     updates += body["extension"]["systemActions"]
     assert updates
     for action in updates:

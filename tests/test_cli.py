@@ -1,4 +1,5 @@
 """`cds-service evaluate`: the logic, readable without an EHR."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Settings from the environment."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,14 +17,16 @@ def test_defaults_are_safe():
 
 
 def test_environment_is_parsed():
-    settings = load_settings({
-        "CDS_FHIR_SERVER_ALLOWLIST": "https://a.example/fhir, https://b.example/r4",
-        "CDS_CORS_ORIGINS": "https://sandbox.cds-hooks.org",
-        "CDS_FHIR_BUDGET_SECONDS": "1.5",
-        "CDS_AUTH": "off",
-        "CDS_SANDBOX_SYSTEM_ACTIONS": "false",
-        "CDS_THRESHOLD_ELDERLY_AGE": "70",
-    })
+    settings = load_settings(
+        {
+            "CDS_FHIR_SERVER_ALLOWLIST": "https://a.example/fhir, https://b.example/r4",
+            "CDS_CORS_ORIGINS": "https://sandbox.cds-hooks.org",
+            "CDS_FHIR_BUDGET_SECONDS": "1.5",
+            "CDS_AUTH": "off",
+            "CDS_SANDBOX_SYSTEM_ACTIONS": "false",
+            "CDS_THRESHOLD_ELDERLY_AGE": "70",
+        }
+    )
     assert settings.fhir_server_allowlist == ("https://a.example/fhir", "https://b.example/r4")
     assert settings.cors_origins == ("https://sandbox.cds-hooks.org",)
     assert settings.fhir_budget_seconds == 1.5
@@ -32,8 +35,15 @@ def test_environment_is_parsed():
     assert settings.thresholds.elderly_age == 70
 
 
-@pytest.mark.parametrize("name, value", [("CDS_AUTH", "maybe"), ("CDS_FHIR_BUDGET_SECONDS", "soon"),
-                                         ("CDS_SANDBOX_SYSTEM_ACTIONS", "perhaps"), ("CDS_MAX_BODY_BYTES", "-1")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("CDS_AUTH", "maybe"),
+        ("CDS_FHIR_BUDGET_SECONDS", "soon"),
+        ("CDS_SANDBOX_SYSTEM_ACTIONS", "perhaps"),
+        ("CDS_MAX_BODY_BYTES", "-1"),
+    ],
+)
 def test_bad_values_stop_the_start_naming_the_variable(name, value):
     with pytest.raises(ValueError) as raised:
         load_settings({name: value})

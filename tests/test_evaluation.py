@@ -1,4 +1,5 @@
 """Which draft orders the service evaluates."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ from conftest import load_request
 def evaluated(app, request, service_id):
     rt = app.extensions["cds"]
     service = rt.services[service_id]
-    return [o.reference for o in rt.evaluator.orders_to_evaluate(service, decode(json.dumps(request).encode(), HookRequest))]
+    return [
+        o.reference for o in rt.evaluator.orders_to_evaluate(service, decode(json.dumps(request).encode(), HookRequest))
+    ]
 
 
 SELECT_ID, SIGN_ID = "lumbar-mri-order-select", "lumbar-mri-order-sign"

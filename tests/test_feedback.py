@@ -1,4 +1,5 @@
 """Feedback: validated per CDS Hooks 2.0, stored durably, idempotent."""
+
 from __future__ import annotations
 
 from datetime import datetime, timezone
@@ -14,9 +15,14 @@ def overridden(card="2c8f8b9e-1a34-4c57-9a55-0c3c6f1d0a01", **changes):
     entry = {
         "card": card,
         "outcome": "overridden",
-        "overrideReason": {"reason": {"system": "https://example.org/override", "code": "red-flag-not-in-record",
-                                      "display": "Red flag present, not yet documented"},
-                           "userComment": "Saddle numbness on exam today"},
+        "overrideReason": {
+            "reason": {
+                "system": "https://example.org/override",
+                "code": "red-flag-not-in-record",
+                "display": "Red flag present, not yet documented",
+            },
+            "userComment": "Saddle numbness on exam today",
+        },
         "outcomeTimestamp": "2026-06-01T12:03:04.5Z",
     }
     entry.update(changes)
@@ -24,8 +30,12 @@ def overridden(card="2c8f8b9e-1a34-4c57-9a55-0c3c6f1d0a01", **changes):
 
 
 def accepted(card="9d1b7c5e-0000-4000-8000-00000000000a"):
-    return {"card": card, "outcome": "accepted", "acceptedSuggestions": [{"id": "suggestion-1"}],
-            "outcomeTimestamp": "2026-06-01T12:05:00+02:00"}
+    return {
+        "card": card,
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "suggestion-1"}],
+        "outcomeTimestamp": "2026-06-01T12:05:00+02:00",
+    }
 
 
 def stored_rows(app):
@@ -42,7 +52,9 @@ def test_overridden_feedback_is_stored_with_its_reason(app, client):
     assert row["override_reason_code"] == "red-flag-not-in-record"
     assert row["override_reason_display"] == "Red flag present, not yet documented"
     assert row["user_comment"] == "Saddle numbness on exam today"
-    assert row["outcome_timestamp"].replace(tzinfo=timezone.utc) == datetime(2026, 6, 1, 12, 3, 4, 500000, tzinfo=timezone.utc)
+    assert row["outcome_timestamp"].replace(tzinfo=timezone.utc) == datetime(
+        2026, 6, 1, 12, 3, 4, 500000, tzinfo=timezone.utc
+    )
 
 
 def test_accepted_feedback_is_stored_with_its_suggestions_in_utc(app, client):
@@ -55,7 +67,9 @@ def test_accepted_feedback_is_stored_with_its_suggestions_in_utc(app, client):
 def test_sandbox_dismissal_without_display_or_comment_is_accepted(app, client):
     """The sandbox sends overrideReason.reason = {code, system} only."""
     entry = overridden()
-    entry["overrideReason"] = {"reason": {"code": "patient-informed-decision", "system": "https://example.org/override"}}
+    entry["overrideReason"] = {
+        "reason": {"code": "patient-informed-decision", "system": "https://example.org/override"}
+    }
     assert client.post(FEEDBACK, json={"feedback": [entry]}).status_code == 200
     assert stored_rows(app)[0]["override_reason_display"] is None
 

@@ -1,4 +1,5 @@
 """FHIR fallback: only allowed servers, the token nowhere else, paging, and failures as 412 within budget."""
+
 from __future__ import annotations
 
 import time
@@ -68,10 +69,16 @@ def test_paging_is_followed_on_the_same_server(make_app):
     for entry in first:
         entry["resource"]["subject"]["reference"] = "Patient/pt-acute-lbp"
     with responses.RequestsMock() as mock:
-        mock.get(f"{FHIR}/Condition", json=searchset(first[0]["resource"], next_url=f"{FHIR}/Condition?page=2"),
-                 match=[responses.matchers.query_param_matcher({"patient": "pt-acute-lbp"})])
-        mock.get(f"{FHIR}/Condition", json=searchset(first[1]["resource"]),
-                 match=[responses.matchers.query_param_matcher({"page": "2"})])
+        mock.get(
+            f"{FHIR}/Condition",
+            json=searchset(first[0]["resource"], next_url=f"{FHIR}/Condition?page=2"),
+            match=[responses.matchers.query_param_matcher({"patient": "pt-acute-lbp"})],
+        )
+        mock.get(
+            f"{FHIR}/Condition",
+            json=searchset(first[1]["resource"]),
+            match=[responses.matchers.query_param_matcher({"page": "2"})],
+        )
         record = evaluate(app, request).record
         assert len(mock.calls) == 2
     assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
@@ -132,8 +139,10 @@ def test_too_many_pages_is_412_rather_than_a_partial_record(make_app):
         ({"body": requests.ReadTimeout()}, "timed out"),
         ({"body": requests.ConnectionError("refused")}, "could not reach"),
         ({"body": b"<html>not json</html>"}, "not valid FHIR JSON"),
-        ({"body": b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Condition", "code": 7}}]}'},
-         "not valid FHIR JSON"),
+        (
+            {"body": b'{"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Condition", "code": 7}}]}'},
+            "not valid FHIR JSON",
+        ),
     ],
 )
 def test_fhir_server_failures_become_412_with_the_reason(fallback_client, answer, reason):
@@ -179,14 +188,22 @@ def test_all_missing_keys_are_fetched_concurrently(make_app):
     request = load_request("acute-lbp-defer")
     prefetch = request.pop("prefetch")
     with_authorization(request)
-    bodies = {"Patient": prefetch["patient"], "Condition": prefetch["conditions"], "Observation": prefetch["observations"],
-              "ServiceRequest": prefetch["serviceRequests"], "Procedure": prefetch["procedures"], "Device": prefetch["devices"]}
+    bodies = {
+        "Patient": prefetch["patient"],
+        "Condition": prefetch["conditions"],
+        "Observation": prefetch["observations"],
+        "ServiceRequest": prefetch["serviceRequests"],
+        "Procedure": prefetch["procedures"],
+        "Device": prefetch["devices"],
+    }
 
     def slow(resource_type):
         def answer(_request):
             time.sleep(0.4)
             import json
+
             return 200, {"Content-Type": "application/fhir+json"}, json.dumps(bodies[resource_type])
+
         return answer
 
     with responses.RequestsMock() as mock:

@@ -2,6 +2,7 @@
 
 schemathesis generates requests from the OpenAPI document (valid and invalid), against the app in
 process; hypothesis attacks the request parser, the record builder and the rules directly."""
+
 from __future__ import annotations
 
 import json
@@ -46,10 +47,28 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5),
     max_leaves=30,
 )
-CODE = st.one_of(st.text(max_size=12), st.sampled_from(["G83.4", "M54.50", "Z85.3", "8310-5", "72148", "R33.9", "Ⅿ54.5", "\u0000", ""]))
-DATE = st.one_of(st.none(), st.text(max_size=25), st.integers(),
-                 st.sampled_from(["2026-05-30", "2026-05", "2026", "2026-13-45", "2026-05-30T10:00:00", "2026-05-30T10:00:00Z",
-                                  "yesterday", "0000-00-00", "9999-12-31T23:59:59+14:00"]))
+CODE = st.one_of(
+    st.text(max_size=12),
+    st.sampled_from(["G83.4", "M54.50", "Z85.3", "8310-5", "72148", "R33.9", "Ⅿ54.5", "\u0000", ""]),
+)
+DATE = st.one_of(
+    st.none(),
+    st.text(max_size=25),
+    st.integers(),
+    st.sampled_from(
+        [
+            "2026-05-30",
+            "2026-05",
+            "2026",
+            "2026-13-45",
+            "2026-05-30T10:00:00",
+            "2026-05-30T10:00:00Z",
+            "yesterday",
+            "0000-00-00",
+            "9999-12-31T23:59:59+14:00",
+        ]
+    ),
+)
 
 
 @settings(FAST, max_examples=500)
@@ -72,19 +91,62 @@ def test_request_parser_accepts_or_refuses_any_text(body):
 
 @st.composite
 def odd_condition(draw):
-    resource = {"resourceType": draw(st.sampled_from(["Condition", "Observation", "ServiceRequest", "Procedure", "Device",
-                                                     "Patient", "Encounter", "OperationOutcome", ""]))}
-    for name, values in [("id", st.one_of(st.text(max_size=8), st.integers())),
-                         ("subject", st.one_of(JSON, st.just({"reference": "Patient/pt-acute-lbp"}))),
-                         ("code", st.one_of(JSON, st.builds(lambda s, c: {"coding": [{"system": s, "code": c}]},
-                                                            st.sampled_from(["http://hl7.org/fhir/sid/icd-10-cm", "http://loinc.org",
-                                                                             "http://snomed.info/sct", "urn:x"]), CODE))),
-                         ("clinicalStatus", JSON), ("verificationStatus", JSON), ("status", st.one_of(st.text(max_size=10), JSON)),
-                         ("onsetDateTime", DATE), ("recordedDate", DATE), ("effectiveDateTime", DATE), ("birthDate", DATE),
-                         ("valueQuantity", st.one_of(JSON, st.builds(lambda v, u: {"value": v, "unit": u},
-                                                                     st.one_of(st.floats(allow_nan=False), st.text(max_size=5)),
-                                                                     st.sampled_from(["Cel", "[degF]", "%", "", None])))),
-                         ("bodySite", JSON), ("safety", JSON), ("patient", JSON), ("performedDateTime", DATE)]:
+    resource = {
+        "resourceType": draw(
+            st.sampled_from(
+                [
+                    "Condition",
+                    "Observation",
+                    "ServiceRequest",
+                    "Procedure",
+                    "Device",
+                    "Patient",
+                    "Encounter",
+                    "OperationOutcome",
+                    "",
+                ]
+            )
+        )
+    }
+    for name, values in [
+        ("id", st.one_of(st.text(max_size=8), st.integers())),
+        ("subject", st.one_of(JSON, st.just({"reference": "Patient/pt-acute-lbp"}))),
+        (
+            "code",
+            st.one_of(
+                JSON,
+                st.builds(
+                    lambda s, c: {"coding": [{"system": s, "code": c}]},
+                    st.sampled_from(
+                        ["http://hl7.org/fhir/sid/icd-10-cm", "http://loinc.org", "http://snomed.info/sct", "urn:x"]
+                    ),
+                    CODE,
+                ),
+            ),
+        ),
+        ("clinicalStatus", JSON),
+        ("verificationStatus", JSON),
+        ("status", st.one_of(st.text(max_size=10), JSON)),
+        ("onsetDateTime", DATE),
+        ("recordedDate", DATE),
+        ("effectiveDateTime", DATE),
+        ("birthDate", DATE),
+        (
+            "valueQuantity",
+            st.one_of(
+                JSON,
+                st.builds(
+                    lambda v, u: {"value": v, "unit": u},
+                    st.one_of(st.floats(allow_nan=False), st.text(max_size=5)),
+                    st.sampled_from(["Cel", "[degF]", "%", "", None]),
+                ),
+            ),
+        ),
+        ("bodySite", JSON),
+        ("safety", JSON),
+        ("patient", JSON),
+        ("performedDateTime", DATE),
+    ]:
         if draw(st.booleans()):
             resource[name] = draw(values)
     return resource
@@ -99,7 +161,10 @@ def module_client(tmp_path_factory):
 
 
 @settings(FAST, max_examples=400)
-@given(st.lists(odd_condition(), max_size=6), st.sampled_from(["conditions", "observations", "procedures", "devices", "patient"]))
+@given(
+    st.lists(odd_condition(), max_size=6),
+    st.sampled_from(["conditions", "observations", "procedures", "devices", "patient"]),
+)
 def test_record_builder_never_fails_on_odd_resources(module_client, resources, key):
     request = load_request("acute-lbp-defer")
     if key == "patient":
@@ -111,8 +176,13 @@ def test_record_builder_never_fails_on_odd_resources(module_client, resources, k
 
 
 @settings(FAST, max_examples=300)
-@given(st.dictionaries(st.sampled_from(["patient", "conditions", "observations", "serviceRequests", "procedures", "devices",
-                                        "extra"]), JSON, max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(["patient", "conditions", "observations", "serviceRequests", "procedures", "devices", "extra"]),
+        JSON,
+        max_size=6,
+    )
+)
 def test_any_prefetch_shape_gets_a_clear_answer(module_client, prefetch):
     request = load_request("acute-lbp-defer")
     request["prefetch"] = prefetch
@@ -130,22 +200,36 @@ def test_any_draft_order_shape_gets_a_clear_answer(module_client, code, reasons)
 
 # --- the safety property over random records ----------------------------------------------------------
 
-RED_FLAGS = [("http://hl7.org/fhir/sid/icd-10-cm", c) for c in ("G83.4", "R33.9", "M21.371", "Z85.3", "C79.51", "M46.26",
-                                                               "Z94.0", "M81.0", "S32.010A", "G06.1")]
+RED_FLAGS = [
+    ("http://hl7.org/fhir/sid/icd-10-cm", c)
+    for c in ("G83.4", "R33.9", "M21.371", "Z85.3", "C79.51", "M46.26", "Z94.0", "M81.0", "S32.010A", "G06.1")
+]
 
 
 @settings(FAST, max_examples=300)
-@given(st.sampled_from(RED_FLAGS), st.sampled_from(["2026-05-31", "2026-05-20", None]),
-       st.lists(odd_condition(), max_size=3), st.sampled_from(["acute-lbp-defer", "subacute-no-conservative-care", "repeat-imaging"]))
-def test_an_active_red_flag_is_never_deferred_whatever_else_is_in_the_record(module_client, flag, onset, noise, scenario):
+@given(
+    st.sampled_from(RED_FLAGS),
+    st.sampled_from(["2026-05-31", "2026-05-20", None]),
+    st.lists(odd_condition(), max_size=3),
+    st.sampled_from(["acute-lbp-defer", "subacute-no-conservative-care", "repeat-imaging"]),
+)
+def test_an_active_red_flag_is_never_deferred_whatever_else_is_in_the_record(
+    module_client, flag, onset, noise, scenario
+):
     request = load_request(scenario)
     patient_id = request["context"]["patientId"]
-    red_flag = {"resourceType": "Condition", "id": "red-flag", "subject": {"reference": f"Patient/{patient_id}"},
-                "code": {"coding": [{"system": flag[0], "code": flag[1]}]}}
+    red_flag = {
+        "resourceType": "Condition",
+        "id": "red-flag",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "code": {"coding": [{"system": flag[0], "code": flag[1]}]},
+    }
     if onset:
         red_flag["onsetDateTime"] = onset
     entries = request["prefetch"]["conditions"]["entry"]
-    entries += [{"resource": {**r, "id": f"noise-{i}"}} for i, r in enumerate(noise) if r.get("resourceType") == "Condition"]
+    entries += [
+        {"resource": {**r, "id": f"noise-{i}"}} for i, r in enumerate(noise) if r.get("resourceType") == "Condition"
+    ]
     entries.append({"resource": red_flag})
     response = module_client.post(SELECT, json=request)
     if response.status_code == 400:
@@ -156,6 +240,7 @@ def test_an_active_red_flag_is_never_deferred_whatever_else_is_in_the_record(mod
 
 
 # --- sizes ---------------------------------------------------------------------------------------------
+
 
 def test_bodies_near_and_over_the_limit(make_app):
     limit = 256 * 1024

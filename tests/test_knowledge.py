@@ -1,4 +1,5 @@
 """Value sets: the codes the rules read, as data files."""
+
 from __future__ import annotations
 
 import json
@@ -36,25 +37,45 @@ def test_every_value_set_the_code_names_exists(knowledge):
     assert named and named <= set(knowledge.value_sets), named - set(knowledge.value_sets)
 
 
-@pytest.mark.parametrize("system, code, expected", [
-    (ICD10CM, "M54.50", (ICD10CM, "M5450")), ("urn:oid:2.16.840.1.113883.6.90", "m54.50 ", (ICD10CM, "M5450")),
-    ("urn:oid:2.16.840.1.113883.6.96", "279039007", (SNOMED, "279039007")), (LOINC, "8310-5", (LOINC, "8310-5")),
-    (None, "72148", None), (CPT, "", None)])
+@pytest.mark.parametrize(
+    "system, code, expected",
+    [
+        (ICD10CM, "M54.50", (ICD10CM, "M5450")),
+        ("urn:oid:2.16.840.1.113883.6.90", "m54.50 ", (ICD10CM, "M5450")),
+        ("urn:oid:2.16.840.1.113883.6.96", "279039007", (SNOMED, "279039007")),
+        (LOINC, "8310-5", (LOINC, "8310-5")),
+        (None, "72148", None),
+        (CPT, "", None),
+    ],
+)
 def test_codes_are_normalised(system, code, expected):
     assert normalise(system, code) == expected
 
 
-@pytest.mark.parametrize("value_set, system, code, member", [
-    ("low-back-pain", ICD10CM, "M54.50", True), ("low-back-pain", ICD10CM, "M54.5", True),
-    ("low-back-pain", ICD10CM, "M54.08", False),  # panniculitis, mislabelled as lumbosacral pain in some lists
-    ("bladder-bowel-dysfunction", ICD10CM, "R33.0", False),  # drug-induced retention: a mimic, not escalated
-    ("bladder-bowel-dysfunction", ICD10CM, "N39.498", True),
-    ("malignancy", ICD10CM, "Z85.3", True), ("malignancy", ICD10CM, "C96.9", True), ("malignancy", ICD10CM, "D12.6", False),
-    ("spinal-infection", ICD10CM, "M46.26", True), ("lumbar-disc", ICD10CM, "M51.A3", True),
-    ("order-mri-lumbar-spine", LOINC, "24531-6", False),  # US retroperitoneum, listed wrongly as lumbar MRI in places
-    ("cauda-equina", SNOMED, "271594007", False),  # syncope, listed wrongly as saddle anaesthesia in places
-    ("pregnancy", ICD10CM, "O26.891", True), ("egfr", LOINC, "35591-7", False),  # creatinine clearance is not eGFR
-])
+@pytest.mark.parametrize(
+    "value_set, system, code, member",
+    [
+        ("low-back-pain", ICD10CM, "M54.50", True),
+        ("low-back-pain", ICD10CM, "M54.5", True),
+        ("low-back-pain", ICD10CM, "M54.08", False),  # panniculitis, mislabelled as lumbosacral pain in some lists
+        ("bladder-bowel-dysfunction", ICD10CM, "R33.0", False),  # drug-induced retention: a mimic, not escalated
+        ("bladder-bowel-dysfunction", ICD10CM, "N39.498", True),
+        ("malignancy", ICD10CM, "Z85.3", True),
+        ("malignancy", ICD10CM, "C96.9", True),
+        ("malignancy", ICD10CM, "D12.6", False),
+        ("spinal-infection", ICD10CM, "M46.26", True),
+        ("lumbar-disc", ICD10CM, "M51.A3", True),
+        (
+            "order-mri-lumbar-spine",
+            LOINC,
+            "24531-6",
+            False,
+        ),  # US retroperitoneum, listed wrongly as lumbar MRI in places
+        ("cauda-equina", SNOMED, "271594007", False),  # syncope, listed wrongly as saddle anaesthesia in places
+        ("pregnancy", ICD10CM, "O26.891", True),
+        ("egfr", LOINC, "35591-7", False),  # creatinine clearance is not eGFR
+    ],
+)
 def test_membership(knowledge, value_set, system, code, member):
     assert knowledge[value_set].contains(system, code) is member
 

@@ -1,4 +1,5 @@
 """Prometheus metrics and the structured request log."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,18 @@ def test_metrics_count_requests_cards_ratings_and_auth_failures(make_app, tmp_pa
     assert delta("cds_auth_failures_total", reason="missing") == 1
     assert delta("cds_request_seconds_count", service="lumbar-mri-order-select") == 2
     labels = set(re.findall(r'service="([^"]*)"', text))  # label values never come from the URL
-    assert labels <= {"lumbar-mri-order-select", "lumbar-mri-order-sign", "call_service", "receive_feedback", "discovery",
-                      "exposition", "unknown", "alive", "ready", "serve"}, labels
+    assert labels <= {
+        "lumbar-mri-order-select",
+        "lumbar-mri-order-sign",
+        "call_service",
+        "receive_feedback",
+        "discovery",
+        "exposition",
+        "unknown",
+        "alive",
+        "ready",
+        "serve",
+    }, labels
 
 
 def test_fallback_failures_are_counted(client):
@@ -54,8 +65,12 @@ def test_fallback_failures_are_counted(client):
 
 
 def test_metrics_add_up_across_gunicorn_workers(tmp_path):
-    env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "CDS_LOG_FORMAT": "json"}
+    env = {
+        "CDS_AUTH": "off",
+        "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "CDS_LOG_FORMAT": "json",
+    }
     with gunicorn(env) as (base, log_file):
         body = json.dumps(load_request("acute-lbp-defer")).encode()
         for _ in range(40):
@@ -69,7 +84,9 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
     assert sample(text, "cds_request_seconds_count", service="lumbar-mri-order-select") == 40
     assert len(os.listdir(tmp_path / "metrics")) >= 2  # one file set per worker, added up at /metrics
     lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
-    requests = [line for line in lines if line.get("event") == "request" and line.get("service") == "lumbar-mri-order-select"]
+    requests = [
+        line for line in lines if line.get("event") == "request" and line.get("service") == "lumbar-mri-order-select"
+    ]
     assert len(requests) == 40
     assert {"hookInstance", "status", "latency_ms", "rules", "ratings"} <= set(requests[0])
 

@@ -1,4 +1,5 @@
 """Patient data: prefetch states, FHIR fallback, and what ends up in the patient record."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,25 @@ def evaluate(app, request, service_id="lumbar-mri-order-select"):
 
 
 def searchset(*resources, next_url=None):
-    bundle = {"resourceType": "Bundle", "type": "searchset", "total": len(resources),
-              "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
     if next_url:
         bundle["link"] = [{"relation": "next", "url": next_url}]
     return bundle
 
 
 def with_authorization(request):
-    request["fhirAuthorization"] = {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
-                                    "scope": "patient/*.read", "subject": "lumbar-mri-cds"}
+    request["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "lumbar-mri-cds",
+    }
     return request
 
 
@@ -84,7 +94,13 @@ def test_no_prefetch_at_all_without_fhir_access_is_412_listing_every_key(client)
     response = client.post(SELECT, json=request)
     assert response.status_code == 412
     assert set(response.get_json()["issue"][0]["expression"]) == {
-        "patient", "conditions", "observations", "serviceRequests", "procedures", "devices"}
+        "patient",
+        "conditions",
+        "observations",
+        "serviceRequests",
+        "procedures",
+        "devices",
+    }
 
 
 def test_partial_prefetch_fetches_only_the_missing_keys_with_the_bearer_token(fallback_app):
@@ -107,8 +123,10 @@ def test_partial_prefetch_fetches_only_the_missing_keys_with_the_bearer_token(fa
 def test_operation_outcome_in_prefetch_is_treated_as_missing_and_fetched(fallback_app):
     request = with_authorization(load_request("cancer-history"))
     conditions = request["prefetch"]["conditions"]
-    request["prefetch"]["conditions"] = {"resourceType": "OperationOutcome",
-                                         "issue": [{"severity": "error", "code": "timeout"}]}
+    request["prefetch"]["conditions"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "timeout"}],
+    }
     with responses.RequestsMock() as mock:
         mock.get(f"{FHIR}/Condition", json=conditions)
         evaluation = evaluate(fallback_app, request)
@@ -117,7 +135,10 @@ def test_operation_outcome_in_prefetch_is_treated_as_missing_and_fetched(fallbac
 
 def test_operation_outcome_without_fhir_access_is_412(client):
     request = load_request("acute-lbp-defer")
-    request["prefetch"]["observations"] = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
+    request["prefetch"]["observations"] = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "exception"}],
+    }
     response = client.post(SELECT, json=request)
     assert response.status_code == 412
     assert response.get_json()["issue"][0]["expression"] == ["observations"]
@@ -156,8 +177,12 @@ def test_resources_of_another_patient_are_ignored(app):
 
 def test_only_resources_the_rules_read_get_typed_models(app):
     request = load_request("acute-lbp-defer")
-    hypertension = {"resourceType": "Condition", "id": "c-htn", "subject": {"reference": "Patient/pt-acute-lbp"},
-                    "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]}}
+    hypertension = {
+        "resourceType": "Condition",
+        "id": "c-htn",
+        "subject": {"reference": "Patient/pt-acute-lbp"},
+        "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10"}]},
+    }
     request["prefetch"]["conditions"]["entry"].append({"resource": hypertension})
     record = evaluate(app, request).record
     assert [c.id for c in record.conditions] == ["c-lbp"]
@@ -167,7 +192,8 @@ def test_only_resources_the_rules_read_get_typed_models(app):
 def test_icd_codes_without_dots_and_oid_systems_are_recognised(app):
     request = load_request("acute-lbp-defer")
     request["prefetch"]["conditions"]["entry"][0]["resource"]["code"]["coding"][0].update(
-        system="urn:oid:2.16.840.1.113883.6.90", code="M5450")
+        system="urn:oid:2.16.840.1.113883.6.90", code="M5450"
+    )
     assert [c.id for c in evaluate(app, request).record.conditions] == ["c-lbp"]
 
 
@@ -187,9 +213,15 @@ def test_an_invalid_element_is_dropped_not_the_red_flag(app):
 def test_searchset_outcome_entries_and_unknown_types_are_skipped(app):
     request = load_request("acute-lbp-defer")
     entries = request["prefetch"]["conditions"]["entry"]
-    entries.append({"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "processing"}]},
-                    "search": {"mode": "outcome"}})
-    entries.append({"resource": {"resourceType": "Encounter", "id": "e1", "status": "finished"}, "search": {"mode": "include"}})
+    entries.append(
+        {
+            "resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "processing"}]},
+            "search": {"mode": "outcome"},
+        }
+    )
+    entries.append(
+        {"resource": {"resourceType": "Encounter", "id": "e1", "status": "finished"}, "search": {"mode": "include"}}
+    )
     assert [c.id for c in evaluate(app, request).record.conditions] == ["c-lbp"]
 
 
@@ -214,8 +246,11 @@ def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(a
     the careful path skips it and keeps everything else."""
     request = load_request("cancer-history")
     request["prefetch"]["conditions"]["entry"].append(
-        {"resource": {"resourceType": "Encounter", "id": "e1", "code": "AMB", "type": [{"text": "visit"}]},
-         "search": {"mode": "include"}})
+        {
+            "resource": {"resourceType": "Encounter", "id": "e1", "code": "AMB", "type": [{"text": "visit"}]},
+            "search": {"mode": "include"},
+        }
+    )
     record = evaluate(app, request).record
     assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
 
@@ -229,8 +264,17 @@ def test_fast_and_careful_decoding_build_the_same_record(app):
     service = rt.services["lumbar-mri-order-select"]
     fast = rt.evaluator.evaluate(service, decode_hook_request(body)).record
     careful = rt.evaluator.evaluate(service, decode(body, HookRequest)).record
-    dump = lambda record: [m.model_dump_json() for m in [record.patient, *record.conditions, *record.observations,
-                                                          *record.procedures, *record.service_requests, *record.devices]]
+    dump = lambda record: [
+        m.model_dump_json()
+        for m in [
+            record.patient,
+            *record.conditions,
+            *record.observations,
+            *record.procedures,
+            *record.service_requests,
+            *record.devices,
+        ]
+    ]
     assert dump(fast) == dump(careful) and fast.kept == careful.kept > 0
 
 
@@ -241,5 +285,7 @@ def test_fixture_requests_are_built_from_the_patient_records():
 
     from conftest import FIXTURES
 
-    result = subprocess.run([sys.executable, str(FIXTURES / "build_requests.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(FIXTURES / "build_requests.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout

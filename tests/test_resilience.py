@@ -1,4 +1,5 @@
 """Failing dependencies: a FHIR server that hangs, drips or refuses; a database that goes away."""
+
 from __future__ import annotations
 
 import socket
@@ -91,7 +92,9 @@ def missing_conditions(base):
     return request
 
 
-@pytest.mark.parametrize("behaviour, reason", [(drip, "budget"), (hang, "timed out|budget"), (garbage, "reach|broke off|HTTP")])
+@pytest.mark.parametrize(
+    "behaviour, reason", [(drip, "budget"), (hang, "timed out|budget"), (garbage, "reach|broke off|HTTP")]
+)
 def test_misbehaving_fhir_server_is_answered_within_the_budget(make_app, server_factory, behaviour, reason):
     import re
 
@@ -148,7 +151,12 @@ def test_authenticated_calls_answer_while_the_database_is_down(make_app, tmp_pat
     app.extensions["cds"].store.engine = create_engine(f"sqlite:///{tmp_path}/gone/nowhere.sqlite3")
     client = app.test_client()
     once = token()
-    assert client.post(SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {once}"}).status_code == 200
+    assert (
+        client.post(
+            SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {once}"}
+        ).status_code
+        == 200
+    )
     replay = client.post(SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {once}"})
     assert replay.status_code == 401  # replay still refused, from process memory
 
@@ -164,5 +172,7 @@ def test_feedback_is_503_while_the_database_is_down_and_nothing_accepted_is_lost
     store.engine = healthy
     assert client.get("/readyz").status_code == 200
     assert [row["card_uuid"] for row in stored_rows(app)] == ["kept-1"]
-    assert client.post(FEEDBACK, json={"feedback": [overridden(card="refused-1")]}).status_code == 200  # the client's retry
+    assert (
+        client.post(FEEDBACK, json={"feedback": [overridden(card="refused-1")]}).status_code == 200
+    )  # the client's retry
     assert [row["card_uuid"] for row in stored_rows(app)] == ["kept-1", "refused-1"]

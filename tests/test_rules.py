@@ -1,4 +1,5 @@
 """The rules' clinical behaviour: precedence, red flags, timing, safety and modality."""
+
 from __future__ import annotations
 
 import json
@@ -26,41 +27,84 @@ def topics(response):
 
 def condition(request, system, code, *, onset="2026-05-28", clinical="active", cid=None, **extra):
     patient_id = request["context"]["patientId"]
-    resource = {"resourceType": "Condition", "id": cid or f"added-{code}", "subject": {"reference": f"Patient/{patient_id}"},
-                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]},
-                "code": {"coding": [{"system": system, "code": code}]}, "onsetDateTime": onset, **extra}
+    resource = {
+        "resourceType": "Condition",
+        "id": cid or f"added-{code}",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "clinicalStatus": {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": clinical}]
+        },
+        "code": {"coding": [{"system": system, "code": code}]},
+        "onsetDateTime": onset,
+        **extra,
+    }
     request["prefetch"]["conditions"]["entry"].append({"resource": resource, "search": {"mode": "match"}})
     return request
 
 
 def observation(request, code, when, **value):
     patient_id = request["context"]["patientId"]
-    resource = {"resourceType": "Observation", "id": f"obs-{code}-{when}", "status": "final",
-                "code": {"coding": [{"system": LOINC, "code": code}]}, "subject": {"reference": f"Patient/{patient_id}"},
-                "effectiveDateTime": when, **value}
+    resource = {
+        "resourceType": "Observation",
+        "id": f"obs-{code}-{when}",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": code}]},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": when,
+        **value,
+    }
     request["prefetch"]["observations"]["entry"].append({"resource": resource})
     return request
 
 
 def resource(request, key, **fields):
-    request["prefetch"][key]["entry"].append({"resource": {"subject": {"reference": f"Patient/{request['context']['patientId']}"}, **fields}})
+    request["prefetch"][key]["entry"].append(
+        {"resource": {"subject": {"reference": f"Patient/{request['context']['patientId']}"}, **fields}}
+    )
     return request
 
 
 def red_flag_codes():
     """Every code of every red-flag value set (ICD families by a member), as (value set, system, code)."""
     knowledge = Knowledge()
-    samples = {"malignancy": [(ICD, "Z85.3"), (ICD, "C79.51"), (ICD, "C50.911")], "iv-drug-use": [(ICD, "F11.20"), (ICD, "F14.10")],
-               "immunosuppression": [(ICD, "Z94.0"), (ICD, "Z79.624")], "fracture-risk": [(ICD, "M80.08XA")],
-               "vertebral-fracture": [(ICD, "S32.010A")], "spinal-infection": [(ICD, "M46.26"), (ICD, "M46.47")],
-               "bladder-bowel-dysfunction": [(ICD, "N39.41")], "recent-infection": [(ICD, "A41.9")],
-               "low-velocity-trauma": [(ICD, "W19.XXXA")],
-               "high-energy-trauma": [(ICD, "V43.52XA"), (ICD, "V29.9XXA"), (ICD, "V03.10XA"), (ICD, "W13.9XXA"), (ICD, "W17.89XA")],
-               "axial-spondyloarthritis": [(ICD, "M45.6"), (ICD, "M45.A6"), (ICD, "M46.1")]}
-    for value_set_id in ("cauda-equina", "bladder-bowel-dysfunction", "severe-neuro-deficit", "motor-weakness", "malignancy",
-                         "spinal-metastasis", "spinal-infection", "fever", "iv-drug-use", "recent-infection", "immunosuppression",
-                         "fracture-risk", "vertebral-fracture", "lumbar-surgery", "low-velocity-trauma", "high-energy-trauma",
-                         "axial-spondyloarthritis"):
+    samples = {
+        "malignancy": [(ICD, "Z85.3"), (ICD, "C79.51"), (ICD, "C50.911")],
+        "iv-drug-use": [(ICD, "F11.20"), (ICD, "F14.10")],
+        "immunosuppression": [(ICD, "Z94.0"), (ICD, "Z79.624")],
+        "fracture-risk": [(ICD, "M80.08XA")],
+        "vertebral-fracture": [(ICD, "S32.010A")],
+        "spinal-infection": [(ICD, "M46.26"), (ICD, "M46.47")],
+        "bladder-bowel-dysfunction": [(ICD, "N39.41")],
+        "recent-infection": [(ICD, "A41.9")],
+        "low-velocity-trauma": [(ICD, "W19.XXXA")],
+        "high-energy-trauma": [
+            (ICD, "V43.52XA"),
+            (ICD, "V29.9XXA"),
+            (ICD, "V03.10XA"),
+            (ICD, "W13.9XXA"),
+            (ICD, "W17.89XA"),
+        ],
+        "axial-spondyloarthritis": [(ICD, "M45.6"), (ICD, "M45.A6"), (ICD, "M46.1")],
+    }
+    for value_set_id in (
+        "cauda-equina",
+        "bladder-bowel-dysfunction",
+        "severe-neuro-deficit",
+        "motor-weakness",
+        "malignancy",
+        "spinal-metastasis",
+        "spinal-infection",
+        "fever",
+        "iv-drug-use",
+        "recent-infection",
+        "immunosuppression",
+        "fracture-risk",
+        "vertebral-fracture",
+        "lumbar-surgery",
+        "low-velocity-trauma",
+        "high-energy-trauma",
+        "axial-spondyloarthritis",
+    ):
         value_set = knowledge[value_set_id]
         codes = [(system, code) for system, code in value_set.codes] + samples.get(value_set_id, [])
         for system, code in codes:
@@ -107,8 +151,16 @@ def test_emergency_outranks_cancer_and_names_both(app):
     assert card["indicator"] == "critical" and "Personal history of malignant neoplasm of breast" in card["detail"]
 
 
-@pytest.mark.parametrize("value, unit, code, fever", [(100.3, "degF", "[degF]", False), (100.5, "degF", "[degF]", True),
-                                                      (37.9, "C", "Cel", False), (38.0, "C", "Cel", True), (38.4, None, None, True)])
+@pytest.mark.parametrize(
+    "value, unit, code, fever",
+    [
+        (100.3, "degF", "[degF]", False),
+        (100.5, "degF", "[degF]", True),
+        (37.9, "C", "Cel", False),
+        (38.0, "C", "Cel", True),
+        (38.4, None, None, True),
+    ],
+)
 def test_fever_in_celsius_or_fahrenheit(app, value, unit, code, fever):
     quantity = {"value": value, **({"unit": unit, "code": code, "system": "http://unitsofmeasure.org"} if unit else {})}
     request = observation(load_request("acute-lbp-defer"), "8310-5", "2026-05-31T08:00:00Z", valueQuantity=quantity)
@@ -117,8 +169,12 @@ def test_fever_in_celsius_or_fahrenheit(app, value, unit, code, fever):
 
 
 def test_fever_outside_the_window_does_not_count(app):
-    request = observation(load_request("acute-lbp-defer"), "8310-5", "2026-05-01T08:00:00Z",
-                          valueQuantity={"value": 39.5, "unit": "C", "code": "Cel"})
+    request = observation(
+        load_request("acute-lbp-defer"),
+        "8310-5",
+        "2026-05-01T08:00:00Z",
+        valueQuantity={"value": 39.5, "unit": "C", "code": "Cel"},
+    )
     assert run(app, request)[0].fired[0] == "R-08"
 
 
@@ -129,13 +185,24 @@ def test_infection_risk_factor_without_fever_is_not_deferred_but_not_urgent(app)
 
 
 def test_raised_crp_counts_as_an_infection_risk_factor(app):
-    request = observation(load_request("acute-lbp-defer"), "1988-5", "2026-05-30T08:00:00Z",
-                          valueQuantity={"value": 48, "unit": "mg/L"}, referenceRange=[{"high": {"value": 10, "unit": "mg/L"}}])
+    request = observation(
+        load_request("acute-lbp-defer"),
+        "1988-5",
+        "2026-05-30T08:00:00Z",
+        valueQuantity={"value": 48, "unit": "mg/L"},
+        referenceRange=[{"high": {"value": 10, "unit": "mg/L"}}],
+    )
     assert run(app, request)[0].fired[0] == "R-04"
 
 
-@pytest.mark.parametrize("site, saddle", [({"coding": [{"system": SCT, "code": "38864007"}]}, True),
-                                          ({"text": "saddle area"}, True), ({"text": "left foot"}, False)])
+@pytest.mark.parametrize(
+    "site, saddle",
+    [
+        ({"coding": [{"system": SCT, "code": "38864007"}]}, True),
+        ({"text": "saddle area"}, True),
+        ({"text": "left foot"}, False),
+    ],
+)
 def test_numbness_counts_as_cauda_equina_only_in_the_saddle_area(app, site, saddle):
     request = condition(load_request("acute-lbp-defer"), ICD, "R20.0", bodySite=[site])
     assert (run(app, request)[0].fired[0] == "R-01") is saddle
@@ -168,8 +235,15 @@ def test_weakness_documented_as_progressive_is_critical(app):
 
 
 def test_under_six_weeks_with_care_started_is_still_deferred(app):
-    request = resource(load_request("acute-lbp-defer"), "procedures", resourceType="Procedure", id="pt-1", status="completed",
-                       code={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97110"}]}, performedDateTime="2026-05-25")
+    request = resource(
+        load_request("acute-lbp-defer"),
+        "procedures",
+        resourceType="Procedure",
+        id="pt-1",
+        status="completed",
+        code={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "97110"}]},
+        performedDateTime="2026-05-25",
+    )
     assessment, _ = run(app, request)
     assert assessment.fired[0] == "R-08" and assessment.rating == "not-appropriate"
 
@@ -183,8 +257,15 @@ def test_unknown_duration_without_conservative_care_defers_and_says_so(app):
 
 
 def test_repeat_imaging_is_not_flagged_after_interval_surgery(app):
-    request = resource(load_request("repeat-imaging"), "procedures", resourceType="Procedure", id="op", status="completed",
-                       code={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "63030"}]}, performedDateTime="2026-03-01")
+    request = resource(
+        load_request("repeat-imaging"),
+        "procedures",
+        resourceType="Procedure",
+        id="op",
+        status="completed",
+        code={"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "63030"}]},
+        performedDateTime="2026-03-01",
+    )
     assessment, _ = run(app, request)
     assert "R-11" not in assessment.fired and assessment.rating == "appropriate"
 
@@ -199,10 +280,17 @@ def test_symptoms_that_predate_the_surgery_are_not_new(app):
     assert "R-07" not in run(app, request)[0].fired
 
 
-@pytest.mark.parametrize("safety, expected", [("C106047", "ct-alternative"), (None, "ct-alternative"),
-                                              ("C106046", "mri-safety"), ("C106045", None)])
+@pytest.mark.parametrize(
+    "safety, expected",
+    [("C106047", "ct-alternative"), (None, "ct-alternative"), ("C106046", "mri-safety"), ("C106045", None)],
+)
 def test_device_mr_labelling_decides_between_ct_and_verification(app, safety, expected):
-    device = {"resourceType": "Device", "id": "d1", "status": "active", "deviceName": [{"name": "Neurostimulator", "type": "user-friendly-name"}]}
+    device = {
+        "resourceType": "Device",
+        "id": "d1",
+        "status": "active",
+        "deviceName": [{"name": "Neurostimulator", "type": "user-friendly-name"}],
+    }
     if safety:
         device["safety"] = [{"coding": [{"system": "urn:oid:2.16.840.1.113883.3.26.1.1", "code": safety}]}]
     request = load_request("failed-care-candidate")
@@ -213,14 +301,27 @@ def test_device_mr_labelling_decides_between_ct_and_verification(app, safety, ex
 
 def test_an_inactive_device_is_ignored(app):
     request = load_request("failed-care-candidate")
-    request["prefetch"]["devices"]["entry"].append({"resource": {"resourceType": "Device", "id": "old", "status": "inactive",
-                                                                 "patient": {"reference": "Patient/pt-v3"}}})
+    request["prefetch"]["devices"]["entry"].append(
+        {
+            "resource": {
+                "resourceType": "Device",
+                "id": "old",
+                "status": "inactive",
+                "patient": {"reference": "Patient/pt-v3"},
+            }
+        }
+    )
     assert topics(run(app, request)[1]) == []
 
 
 def test_a_positive_urine_hcg_means_pregnancy(app):
     request = load_request("failed-care-contrast-72158")
-    observation(request, "2106-3", "2026-05-29T09:00:00Z", valueCodeableConcept={"coding": [{"system": SCT, "code": "10828004"}]})
+    observation(
+        request,
+        "2106-3",
+        "2026-05-29T09:00:00Z",
+        valueCodeableConcept={"coding": [{"system": SCT, "code": "10828004"}]},
+    )
     assert topics(run(app, request)[1]) == ["gadolinium-pregnancy"]
 
 
@@ -231,7 +332,9 @@ def test_the_latest_egfr_decides(app):
 
 
 def test_thresholds_are_configuration(make_app):
-    assert run(make_app(thresholds={"elderly_age": 80}), load_request("fracture-risk"))[0].fired[0] == "R-06"  # osteoporosis
+    assert (
+        run(make_app(thresholds={"elderly_age": 80}), load_request("fracture-risk"))[0].fired[0] == "R-06"
+    )  # osteoporosis
     aged = load_request("pacemaker-ct-alternative")
     assert run(make_app(thresholds={"elderly_age": 60}), aged)[0].fired[0] == "R-06"
     assert run(make_app(thresholds={"acute_episode_days": 10}), load_request("acute-lbp-defer"))[0].fired[0] == "R-09"
@@ -294,13 +397,19 @@ def test_high_energy_trauma_in_pregnancy_leaves_the_study_to_radiology(app):
     request = condition(condition(load_request("acute-lbp-defer"), ICD, "V43.52XA"), ICD, "Z33.1")
     _, response = run(app, request)
     [card] = [c for c in response["cards"] if c["source"]["topic"]["code"] == "ct-alternative"]
-    codes = [a["resource"]["code"]["coding"][0]["code"] for s in card.get("suggestions", []) for a in s["actions"]
-             if a.get("resource", {}).get("code")]
+    codes = [
+        a["resource"]["code"]["coding"][0]["code"]
+        for s in card.get("suggestions", [])
+        for a in s["actions"]
+        if a.get("resource", {}).get("code")
+    ]
     assert "72131" not in codes and "radiology" in card["summary"]
 
 
 def test_axial_spondyloarthritis_is_not_deferred_and_not_rated_by_these_criteria(app):
-    assessment, response = run(app, condition(load_request("subacute-no-conservative-care"), ICD, "M45.6", onset="2024-02-01"))
+    assessment, response = run(
+        app, condition(load_request("subacute-no-conservative-care"), ICD, "M45.6", onset="2024-02-01")
+    )
     assert assessment.fired[0] == "R-AS" and assessment.rating == "no-criteria-apply"
     assert topics(response) == ["inflammatory-back-pain"] and response["cards"][0]["indicator"] == "info"
     [rating] = response["systemActions"]

@@ -1,4 +1,5 @@
 """CORS for browser clients such as the CDS Hooks sandbox."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,8 +7,11 @@ import pytest
 from conftest import SELECT, load_request
 
 SANDBOX = "https://sandbox.cds-hooks.org"
-PREFLIGHT = {"Origin": SANDBOX, "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization,content-type"}
+PREFLIGHT = {
+    "Origin": SANDBOX,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization,content-type",
+}
 
 
 @pytest.mark.parametrize("path", ["/cds-services", SELECT, SELECT + "/feedback"])

@@ -1,4 +1,5 @@
 """Service definitions in hooks/ and the discovery endpoint."""
+
 from __future__ import annotations
 
 import json
@@ -44,7 +45,9 @@ def test_prefetch_asks_for_the_resources_the_rules_read(client):
 
 def test_observation_prefetch_names_exactly_the_loinc_codes_of_the_observation_value_sets():
     knowledge = Knowledge()
-    wanted = {code for vs in knowledge.value_sets.values() if "Observation" in vs.resource_types for _, code in vs.codes}
+    wanted = {
+        code for vs in knowledge.value_sets.values() if "Observation" in vs.resource_types for _, code in vs.codes
+    }
     for path in (ROOT / "hooks").glob("*.json"):
         template = json.loads(path.read_text())["prefetch"]["observations"]
         listed = {item.split("|")[1] for item in template.split("code=")[1].split(",")}
@@ -90,7 +93,10 @@ def test_hooks_dir_is_configurable(tmp_path, make_app):
 def test_template_tokens_are_filled_and_percent_encoded():
     context = {"patientId": "a b&c=d", "userId": "Practitioner/77"}
     assert render_template("Condition?patient={{context.patientId}}", context) == "Condition?patient=a%20b%26c%3Dd"
-    assert render_template("PractitionerRole?practitioner={{userPractitionerId}}", context) == "PractitionerRole?practitioner=77"
+    assert (
+        render_template("PractitionerRole?practitioner={{userPractitionerId}}", context)
+        == "PractitionerRole?practitioner=77"
+    )
 
 
 def test_template_with_an_unresolvable_token_is_not_rendered():

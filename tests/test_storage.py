@@ -2,6 +2,7 @@
 
 PostgreSQL runs when CDS_TEST_POSTGRES_URL points at a server (.ci/run starts one); otherwise
 these tests are skipped, and say why."""
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,15 @@ from test_feedback import FEEDBACK, overridden
 def _postgres_url() -> str:
     url = os.environ.get("CDS_TEST_POSTGRES_URL")
     if not url:
-        pytest.skip("PostgreSQL storage tests skipped: CDS_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)")
+        pytest.skip(
+            "PostgreSQL storage tests skipped: CDS_TEST_POSTGRES_URL is not set (.ci/run starts a server and sets it)"
+        )
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
-            connection.execute(text("DROP TABLE IF EXISTS audit_card, audit, feedback, jti_seen, alembic_version CASCADE"))
+            connection.execute(
+                text("DROP TABLE IF EXISTS audit_card, audit, feedback, jti_seen, alembic_version CASCADE")
+            )
     except Exception as exc:  # noqa: BLE001 - any connection failure means: skip, and say why
         pytest.skip(f"PostgreSQL storage tests skipped: {url.split('@')[-1]} not reachable ({type(exc).__name__})")
     finally:
@@ -74,9 +79,14 @@ def test_the_code_knows_the_latest_schema_revision():
 
 def test_instances_starting_at_once_migrate_one_after_the_other(database_url):
     """Three instances (processes) start together on an empty database: all come up."""
-    code = ("from cds_service import create_app; create_app({'database_url': %r, 'auth': 'off'}); print('up')" % database_url)
-    starts = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for _ in range(3)]
+    code = (
+        "from cds_service import create_app; create_app({'database_url': %r, 'auth': 'off'}); print('up')"
+        % database_url
+    )
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
     results = [process.communicate(timeout=60) for process in starts]
     assert [process.returncode for process in starts] == [0, 0, 0], [err.decode()[-500:] for _, err in results]
     assert all(out.strip() == b"up" for out, _ in results)

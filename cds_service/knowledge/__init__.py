@@ -3,6 +3,7 @@
 Everything here is a pure function of its inputs (a patient record, an order, a clock and the
 thresholds): no HTTP, no Flask, no module-level state beyond constants.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,9 @@ class Knowledge:
             key = normalise(coding.get("system"), coding.get("code"))
             if key and key[0] == SNOMED and key[1] in generic.get("codes", {}):
                 sites = order.get("bodySite") if isinstance(order.get("bodySite"), list) else []
-                if any(lumbar_sites.contains(c.get("system"), c.get("code")) for site in sites for c in codings_of(site)):
+                if any(
+                    lumbar_sites.contains(c.get("system"), c.get("code")) for site in sites for c in codings_of(site)
+                ):
                     contrast_kind = "with" if key[1] == "431985004" else "unspecified"
                     return OrderedStudy(key[0], key[1], generic["codes"][key[1]], contrast_kind)
         return None

@@ -12,6 +12,7 @@ Conventions (the clinical specification, sections 6 and 7):
 * dates come from onset[x] (else recordedDate) for Conditions, effective[x] (else issued) for
   Observations, authoredOn or occurrence[x] for ServiceRequests, performed[x] for Procedures.
 """
+
 from __future__ import annotations
 
 import re
@@ -103,6 +104,7 @@ class Facts:
 
 # --- FHIR value helpers (typed R4B models) -------------------------------------------------------
 
+
 def as_date(value: Any) -> date | None:
     """A FHIR date, dateTime or partial date ("2024", "2024-05") as a date (partials: first day)."""
     if value is None:
@@ -127,7 +129,7 @@ def codings(concept: Any) -> list[Any]:
 
 
 def concept_label(concept: Any, value_set: ValueSet | None = None) -> str:
-    """"Display (SYSTEM CODE)" for the first coding, preferring one in `value_set`."""
+    """ "Display (SYSTEM CODE)" for the first coding, preferring one in `value_set`."""
     chosen = None
     for coding in codings(concept):
         if value_set is None or value_set.contains(coding.system, coding.code):
@@ -137,7 +139,9 @@ def concept_label(concept: Any, value_set: ValueSet | None = None) -> str:
     text = getattr(concept, "text", None)
     if chosen is None:
         return text or "unnamed"
-    display = chosen.display or (value_set.display(chosen.system, chosen.code) if value_set else None) or text or chosen.code
+    display = (
+        chosen.display or (value_set.display(chosen.system, chosen.code) if value_set else None) or text or chosen.code
+    )
     return f"{display} ({_system_name(chosen.system)} {chosen.code})"
 
 
@@ -163,7 +167,7 @@ def clinical_status(condition: Any) -> str | None:
 
 
 def condition_date(condition: Any) -> date | None:
-    onset = (condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None))
+    onset = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None)
     return as_date(onset) or as_date(condition.recordedDate)
 
 
@@ -202,6 +206,7 @@ def quantity_text(quantity: Any) -> str:
 
 # --- reading the record ----------------------------------------------------------------------------
 
+
 class FactReader:
     """Builds Facts from a PatientRecord for one order. One instance per evaluation."""
 
@@ -235,9 +240,13 @@ class FactReader:
         for reason in (order_model.reasonCode or []) if order_model is not None else []:
             for value_set in family:
                 if in_value_set(reason, value_set):
-                    facts.indication.append(Evidence("ServiceRequest", order_model.id, "Order reason: " + concept_label(reason, value_set)))
+                    facts.indication.append(
+                        Evidence("ServiceRequest", order_model.id, "Order reason: " + concept_label(reason, value_set))
+                    )
                     break
-        referenced = {ref.reference.split("/")[-1] for ref in (order_model.reasonReference or [])} if order_model else set()
+        referenced = (
+            {ref.reference.split("/")[-1] for ref in (order_model.reasonReference or [])} if order_model else set()
+        )
         starts = []
         for condition in conditions:
             value_set = next((v for v in family if in_value_set(condition.code, v)), None)
@@ -260,11 +269,21 @@ class FactReader:
         if when is None:
             return True
         recent = self.today - timedelta(days=self.t.red_flag_recent_days)
-        return when >= recent or (facts.episode_start is not None and when >= facts.episode_start - timedelta(days=lead_days))
+        return when >= recent or (
+            facts.episode_start is not None and when >= facts.episode_start - timedelta(days=lead_days)
+        )
 
-    def _conditions_in(self, conditions: Iterable[Any], value_set_id: str, *, history_counts: bool = False,
-                       new_only: bool = False, facts: Facts | None = None, within_days: int | None = None,
-                       lead_days: int = 0) -> list[Evidence]:
+    def _conditions_in(
+        self,
+        conditions: Iterable[Any],
+        value_set_id: str,
+        *,
+        history_counts: bool = False,
+        new_only: bool = False,
+        facts: Facts | None = None,
+        within_days: int | None = None,
+        lead_days: int = 0,
+    ) -> list[Evidence]:
         value_set = self.vs[value_set_id]
         found = []
         for condition in conditions:
@@ -294,7 +313,14 @@ class FactReader:
             saddle = any(in_value_set(site, perineal) or _SADDLE_WORDS.search(site.text or "") for site in sites)
             saddle = saddle or bool(_SADDLE_WORDS.search(getattr(condition.code, "text", None) or ""))
             if saddle and self._is_new(facts, condition_date(condition)):
-                facts.ces_signs.append(Evidence("Condition", condition.id, "Saddle sensory loss: " + concept_label(condition.code, sensory), condition_date(condition)))
+                facts.ces_signs.append(
+                    Evidence(
+                        "Condition",
+                        condition.id,
+                        "Saddle sensory loss: " + concept_label(condition.code, sensory),
+                        condition_date(condition),
+                    )
+                )
         sides = self.vs["bilateral-sciatica"].extra.get("sides", {})
         sciatica = {}
         for condition in conditions:
@@ -303,15 +329,23 @@ class FactReader:
                 sciatica.setdefault(sides.get(coding.code.upper().replace(" ", "")), condition)
         if "right" in sciatica and "left" in sciatica:
             dates = [condition_date(c) for c in sciatica.values()]
-            facts.ces_signs.append(Evidence("Condition", sciatica["left"].id, "Bilateral sciatica (right and left recorded)",
-                                            max((d for d in dates if d), default=None)))
+            facts.ces_signs.append(
+                Evidence(
+                    "Condition",
+                    sciatica["left"].id,
+                    "Bilateral sciatica (right and left recorded)",
+                    max((d for d in dates if d), default=None),
+                )
+            )
         facts.severe_deficit = self._conditions_in(conditions, "severe-neuro-deficit", new_only=True, facts=facts)
         facts.weakness = self._conditions_in(conditions, "motor-weakness", new_only=True, facts=facts)
         for condition in conditions:  # a weakness coded as severe, or documented as progressive, is a severe deficit
             evidence = next((e for e in facts.weakness if e.id == condition.id), None)
             if evidence is None:
                 continue
-            words = " ".join(filter(None, [getattr(condition.code, "text", None), *(c.display for c in codings(condition.code))]))
+            words = " ".join(
+                filter(None, [getattr(condition.code, "text", None), *(c.display for c in codings(condition.code))])
+            )
             if any(c.code == SEVERE for c in codings(condition.severity)) or _PROGRESSIVE.search(words):
                 facts.severe_deficit.append(evidence)
         facts.cancer = self._conditions_in(conditions, "malignancy", history_counts=True)
@@ -320,19 +354,28 @@ class FactReader:
         facts.spinal_infection = self._conditions_in(conditions, "spinal-infection")
         facts.fever = self._conditions_in(conditions, "fever", within_days=self.t.infection_signs_lookback_days)
         facts.iv_drug_use = self._conditions_in(conditions, "iv-drug-use")
-        facts.recent_infection = self._conditions_in(conditions, "recent-infection", within_days=self.t.recent_infection_days)
+        facts.recent_infection = self._conditions_in(
+            conditions, "recent-infection", within_days=self.t.recent_infection_days
+        )
         facts.sepsis = self._conditions_in(conditions, "sepsis", within_days=self.t.recent_infection_days)
         facts.immunosuppression = self._conditions_in(conditions, "immunosuppression")
         injury_lead = self.t.red_flag_recent_days  # an injury in the days before the pain began caused this episode
-        facts.recent_trauma = self._conditions_in(conditions, "low-velocity-trauma", new_only=True, facts=facts,
-                                                  lead_days=injury_lead)
-        facts.major_trauma = self._conditions_in(conditions, "high-energy-trauma", new_only=True, facts=facts,
-                                                 lead_days=injury_lead)
+        facts.recent_trauma = self._conditions_in(
+            conditions, "low-velocity-trauma", new_only=True, facts=facts, lead_days=injury_lead
+        )
+        facts.major_trauma = self._conditions_in(
+            conditions, "high-energy-trauma", new_only=True, facts=facts, lead_days=injury_lead
+        )
         facts.axial_spa = self._conditions_in(conditions, "axial-spondyloarthritis")
         facts.fracture_risk = self._conditions_in(conditions, "fracture-risk") + facts.recent_trauma
         if facts.age is not None and facts.age >= self.t.elderly_age:
-            facts.fracture_risk.append(Evidence("Patient", record.patient.id if record.patient else None,
-                                                f"Age {facts.age} (ACR 'elderly': {self.t.elderly_age} or older)"))
+            facts.fracture_risk.append(
+                Evidence(
+                    "Patient",
+                    record.patient.id if record.patient else None,
+                    f"Age {facts.age} (ACR 'elderly': {self.t.elderly_age} or older)",
+                )
+            )
         facts.vertebral_fracture = self._conditions_in(conditions, "vertebral-fracture")
         self._observations(facts, record.observations)
         self._surgery(facts, conditions, record.procedures)
@@ -350,8 +393,15 @@ class FactReader:
                         shown += f" ({degrees:.1f} °C)"
                     facts.fever.append(Evidence("Observation", observation.id, "Body temperature", when, shown))
             elif in_value_set(observation.code, markers) and (when is None or when >= cutoff) and _raised(observation):
-                facts.raised_markers.append(Evidence("Observation", observation.id, concept_label(observation.code, markers),
-                                                     when, quantity_text(observation.valueQuantity) if observation.valueQuantity else "high"))
+                facts.raised_markers.append(
+                    Evidence(
+                        "Observation",
+                        observation.id,
+                        concept_label(observation.code, markers),
+                        when,
+                        quantity_text(observation.valueQuantity) if observation.valueQuantity else "high",
+                    )
+                )
 
     def _surgery(self, facts: Facts, conditions: list[Any], procedures: Sequence[Any]) -> None:
         surgery = self.vs["lumbar-surgery"]
@@ -360,13 +410,18 @@ class FactReader:
             if procedure.status in NOT_DONE_PROCEDURE or in_value_set(procedure.code, surgery) is None:
                 continue
             when = procedure_date(procedure)
-            facts.lumbar_surgery.append(Evidence("Procedure", procedure.id, concept_label(procedure.code, surgery), when))
+            facts.lumbar_surgery.append(
+                Evidence("Procedure", procedure.id, concept_label(procedure.code, surgery), when)
+            )
             if when:
                 dates.append(when)
         for condition in conditions:  # post-surgical states are history, whatever their status
             if in_value_set(condition.code, surgery) is not None:
-                facts.lumbar_surgery.append(Evidence("Condition", condition.id, concept_label(condition.code, surgery),
-                                                     condition_date(condition)))
+                facts.lumbar_surgery.append(
+                    Evidence(
+                        "Condition", condition.id, concept_label(condition.code, surgery), condition_date(condition)
+                    )
+                )
         facts.surgery_date = max(dates) if dates else None
 
     # conservative care, candidacy, prior imaging (clinical specification 6.2, 6.3)
@@ -375,14 +430,18 @@ class FactReader:
         imaging = [self.vs["order-mri-lumbar-spine"], self.vs["order-ct-lumbar-spine"]]
         lookback = self.today - timedelta(days=round(self.t.repeat_imaging_months * 30.44))
         care_dates = []
-        items = [(r, "ServiceRequest", request_date(r), r.status not in CLOSED_REQUEST) for r in record.service_requests]
+        items = [
+            (r, "ServiceRequest", request_date(r), r.status not in CLOSED_REQUEST) for r in record.service_requests
+        ]
         items += [(p, "Procedure", procedure_date(p), p.status not in NOT_DONE_PROCEDURE) for p in record.procedures]
         for resource, kind, when, current in items:
             if not current or resource.id == order.get("id"):
                 continue
             if in_value_set(resource.code, care):
                 if facts.episode_start is None or when is None or when >= facts.episode_start:
-                    facts.conservative_care.append(Evidence(kind, resource.id, concept_label(resource.code, care), when))
+                    facts.conservative_care.append(
+                        Evidence(kind, resource.id, concept_label(resource.code, care), when)
+                    )
                     if when:
                         care_dates.append(when)
             elif in_value_set(resource.code, candidacy):
@@ -392,7 +451,9 @@ class FactReader:
                 value_set = next((v for v in imaging if in_value_set(resource.code, v)), None)
                 done = resource.status == "completed"
                 if value_set is not None and done and when is not None and when >= lookback:
-                    facts.prior_imaging.append(Evidence(kind, resource.id, concept_label(resource.code, value_set), when))
+                    facts.prior_imaging.append(
+                        Evidence(kind, resource.id, concept_label(resource.code, value_set), when)
+                    )
         facts.care_start = min(care_dates) if care_dates else None
         facts.prior_imaging.sort(key=lambda e: e.when, reverse=True)
 
@@ -412,7 +473,9 @@ class FactReader:
             if codes & conditional:
                 facts.conditional_devices.append(Evidence("Device", device.id, name, value="MR Conditional"))
             else:
-                facts.implants.append(Evidence("Device", device.id, name, value="MR status not recorded as safe or conditional"))
+                facts.implants.append(
+                    Evidence("Device", device.id, name, value="MR status not recorded as safe or conditional")
+                )
         facts.claustrophobia = self._conditions_in(conditions, "claustrophobia")
         facts.pregnancy = self._conditions_in(conditions, "pregnancy")
         window = self.today - timedelta(days=self.t.pregnancy_lookback_days)
@@ -429,12 +492,21 @@ class FactReader:
         facts.low_egfr += self._conditions_in(conditions, "acute-kidney-injury", within_days=self.t.aki_lookback_days)
         egfr_window = self.today - timedelta(days=self.t.egfr_lookback_days)
         latest = max(
-            ((observation_date(o), o) for o in record.observations
-             if in_value_set(o.code, self.vs["egfr"]) and o.valueQuantity is not None and o.valueQuantity.value is not None
-             and (observation_date(o) is None or observation_date(o) >= egfr_window)),
-            key=lambda pair: pair[0] or date.min, default=None)
+            (
+                (observation_date(o), o)
+                for o in record.observations
+                if in_value_set(o.code, self.vs["egfr"])
+                and o.valueQuantity is not None
+                and o.valueQuantity.value is not None
+                and (observation_date(o) is None or observation_date(o) >= egfr_window)
+            ),
+            key=lambda pair: pair[0] or date.min,
+            default=None,
+        )
         if latest is not None and float(latest[1].valueQuantity.value) < self.t.egfr_low:
-            facts.low_egfr.append(Evidence("Observation", latest[1].id, "eGFR", latest[0], quantity_text(latest[1].valueQuantity)))
+            facts.low_egfr.append(
+                Evidence("Observation", latest[1].id, "eGFR", latest[0], quantity_text(latest[1].valueQuantity))
+            )
 
 
 def _raised(observation: Any) -> bool:

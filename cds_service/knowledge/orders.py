@@ -1,4 +1,5 @@
 """The draft order under review: which lumbar MRI it asks for."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

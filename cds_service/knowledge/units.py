@@ -1,4 +1,5 @@
 """Units the rules compare in: body temperature in degrees Celsius."""
+
 from __future__ import annotations
 
 from typing import Any

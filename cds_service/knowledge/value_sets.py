@@ -4,6 +4,7 @@ Codes are compared after normalising code-system aliases (OIDs) and ICD-10-CM pu
 ("M5450" and "m54.50" both mean M54.50). ICD-10-CM families are matched by prefix or by
 three-character category range where the file says so.
 """
+
 from __future__ import annotations
 
 import json
@@ -200,13 +201,19 @@ class ReadingList:
                 ranges = self._ranges.setdefault(resource_type, {})
                 for system, values in value_set.ranges.items():
                     ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in values)
-        self._elements = {value_set.id: frozenset(value_set.extra["elements"])
-                          for value_set in value_sets.values() if "elements" in value_set.extra}
+        self._elements = {
+            value_set.id: frozenset(value_set.extra["elements"])
+            for value_set in value_sets.values()
+            if "elements" in value_set.extra
+        }
         self._family_systems = {system for index in self._prefixes.values() for system in index} | {
-            system for index in self._ranges.values() for system in index}
-        self._systems = {system for index in self._codes.values() for system, _ in index} | {
-            system for index in self._prefixes.values() for system in index} | {
-            system for index in self._ranges.values() for system in index}
+            system for index in self._ranges.values() for system in index
+        }
+        self._systems = (
+            {system for index in self._codes.values() for system, _ in index}
+            | {system for index in self._prefixes.values() for system in index}
+            | {system for index in self._ranges.values() for system in index}
+        )
 
     def _value_counts(self, value_set_id: str, value: Any) -> bool:
         """For value sets read only above a threshold (`readWhen: at-or-above:<threshold>`)."""
@@ -263,8 +270,9 @@ class ReadingList:
                 ids += (value_set_id,)
         return ids
 
-    def reads(self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None,
-              value: Any = None) -> frozenset[str] | None:
+    def reads(
+        self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None, value: Any = None
+    ) -> frozenset[str] | None:
         """The elements the rules read from this resource (EVERYTHING when a value set does not
         narrow them); CHECKED when it matched but cannot change a decision; None when the rules
         do not read it at all."""

@@ -1,6 +1,7 @@
 """Alembic environment: migrations run by the service at start-up (Store.migrate) or by hand:
-    alembic -c cds_service/migrations/alembic.ini -x url=postgresql+psycopg://... upgrade head
+alembic -c cds_service/migrations/alembic.ini -x url=postgresql+psycopg://... upgrade head
 """
+
 from __future__ import annotations
 
 from alembic import context
