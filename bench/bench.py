@@ -262,8 +262,8 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
         for _, process in servers.values():
             process.terminate()
             process.wait(10)
-    ratios = [s[0] / e[0] for e, s in zip(results["echo"], results["service"])]
-    p99_ratios = [s[1] / e[1] for e, s in zip(results["echo"], results["service"])]
+    ratios = [s[0] / e[0] for e, s in zip(results["echo"], results["service"], strict=True)]
+    p99_ratios = [s[1] / e[1] for e, s in zip(results["echo"], results["service"], strict=True)]
     return {
         "w1_body_bytes": body_file.stat().st_size,
         "w1_load_generator": load.__name__.removeprefix("load_"),

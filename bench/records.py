@@ -5,7 +5,7 @@ low back pain so that the whole pipeline runs (record, rules, a deferral card, t
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
@@ -135,7 +135,7 @@ def observation(rng, patient_id, index, code, display, unit, value, when):
 def record(n_observations: int, n_conditions: int, n_requests: int, now: datetime | None = None, seed: int = 7) -> dict:
     """A CDS Hooks order-select request with prefetch for this project's templates."""
     rng = random.Random(seed)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     pid = "bench-patient"
     subject = {"reference": f"Patient/{pid}"}
     conditions = [

@@ -163,7 +163,7 @@ def main() -> None:
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise SystemExit("gunicorn did not start")
+                    raise SystemExit("gunicorn did not start") from None
                 time.sleep(0.2)
         result = drive(port, build_mix(stub_base), server.pid)
     finally:

@@ -12,7 +12,7 @@ import io
 import json
 import re
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .storage import Store
@@ -24,13 +24,13 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
     """ "30d", "12h", "2w", or an ISO date/instant; None for everything."""
     if not value:
         return None
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     match = _SINCE.match(value.strip().lower())
     if match:
         amount, unit = int(match.group(1)), match.group(2)
         return now - {"h": timedelta(hours=amount), "d": timedelta(days=amount), "w": timedelta(weeks=amount)}[unit]
     parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _empty_line() -> dict[str, Any]:

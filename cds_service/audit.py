@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 import weakref
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 10_000
 BATCH = 500
 GATHER_SECONDS = 0.2
-_TRAILS: "weakref.WeakSet[AuditTrail]" = weakref.WeakSet()  # writers to drain when the process exits
+_TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()  # writers to drain when the process exits
 
 
 @atexit.register
@@ -64,7 +64,7 @@ class AuditTrail:
     def records(
         self, service: Any, request: Any, evaluation: Any, tenant: str | None, latency_ms: float, silent: bool
     ) -> list[dict[str, Any]]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         patient_key = self.patient_key(request.context.patientId)
         rows = []
         for result in evaluation.results:

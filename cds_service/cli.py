@@ -15,9 +15,10 @@ import argparse
 import json
 import sys
 import textwrap
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .configuration import load_settings
 from .protocol import CdsError
@@ -72,12 +73,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .services import load_services
 
     try:
-        now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
     except ValueError:
         print(f"--now: not an ISO 8601 instant: {args.now}", file=sys.stderr)
         return 2
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     settings = load_settings()
     services = load_services(settings.hooks_dir)
     try:
@@ -115,7 +116,7 @@ def report(service_id: str, hook_instance: str, now: datetime, evaluation: Any) 
     from .knowledge.guidelines import CATEGORY_NAMES
     from .knowledge.rules import RULES_BY_ID
 
-    for order, assessment in zip(evaluation.orders, evaluation.assessments):
+    for order, assessment in zip(evaluation.orders, evaluation.assessments, strict=True):
         study, facts = order.study, assessment.facts
         lines += ["", f"Order {order.reference}: {study.display} ({study.code})"]
         category = f", ACR {CATEGORY_NAMES[assessment.category]}" if assessment.category else ""

@@ -8,9 +8,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +79,7 @@ class Settings:
     silent: bool = False  # evaluate and audit, but answer no cards (silent roll-out), for every service
     thresholds: Thresholds = field(default_factory=Thresholds)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 

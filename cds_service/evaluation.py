@@ -6,14 +6,15 @@ request -> orders to evaluate -> patient record -> assessment (clinical knowledg
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
-from .configuration import Settings
-from .fhir_client import FhirClient, ConnectionPools
-from .knowledge import Knowledge, OrderedStudy
 from .cards import PAMA_CONSULT_ID, Presenter, load_site_codes
+from .configuration import Settings
+from .fhir_client import ConnectionPools, FhirClient
+from .knowledge import Knowledge, OrderedStudy
 from .knowledge.facts import FactReader
 from .knowledge.rules import Assessment, assess
 from .patient_data import PatientRecord, build_record, draft_order_model
@@ -24,7 +25,7 @@ Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

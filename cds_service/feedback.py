@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 from flask import Blueprint
@@ -67,5 +67,5 @@ def _row(index: int, entry: FeedbackEntry) -> dict:
         "override_reason_display": reason.reason.display if reason and reason.reason else None,
         "user_comment": reason.userComment if reason else None,
         "outcome_timestamp": timestamp,
-        "received_at": datetime.now(timezone.utc),
+        "received_at": datetime.now(UTC),
     }

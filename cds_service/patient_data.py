@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import msgspec
 import orjson
@@ -29,7 +30,7 @@ from fhir.resources.R4B.servicerequest import ServiceRequest
 from pydantic import ValidationError
 
 from .configuration import PrefetchFailurePolicy, Settings
-from .fhir_client import FetchResult, FhirClient, ConnectionPools, is_allowed
+from .fhir_client import ConnectionPools, FetchResult, FhirClient, is_allowed
 from .protocol import CdsError, HookRequest, decode, describe_decode_error
 from .services import ServiceDefinition, render_template
 
@@ -79,7 +80,7 @@ class _Link(msgspec.Struct):
 
 
 class _Entry(msgspec.Struct):
-    resource: "_Resource | None" = None
+    resource: _Resource | None = None
     search: _Search | None = None
 
 
@@ -230,7 +231,7 @@ class PatientRecord:
     def unavailable(self) -> list[str]:
         return [key for key, source in self.sources.items() if source == "unavailable"]
 
-    def merge(self, part: "PatientRecord") -> None:
+    def merge(self, part: PatientRecord) -> None:
         """Add what a fetching thread read from one page."""
         self.patient = part.patient or self.patient
         self.conditions += part.conditions

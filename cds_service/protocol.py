@@ -8,7 +8,7 @@ prefetch values stay as raw JSON until patient_data decides which of them it nee
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -168,6 +168,6 @@ def parse_instant(value: str) -> datetime | None:
     cannot be expressed in UTC, like 0001-01-01T00:00:00+00:01)."""
     try:
         parsed = datetime.fromisoformat(value)
-        return parsed.astimezone(timezone.utc) if parsed.tzinfo is not None else None
+        return parsed.astimezone(UTC) if parsed.tzinfo is not None else None
     except (ValueError, OverflowError):
         return None

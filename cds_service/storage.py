@@ -9,9 +9,10 @@ import fcntl
 import hashlib
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import orjson
 from sqlalchemy import (

@@ -12,11 +12,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+
+from conftest import ROOT
 
 from cds_service.logs import configure_logging
-from conftest import ROOT
 
 
 @contextlib.contextmanager

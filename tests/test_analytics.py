@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -11,7 +11,7 @@ from cds_service.analytics import build_report, parse_since, render
 from cds_service.cli import main
 from cds_service.storage import Store
 
-NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
 def consultation(store, n, *, topics, rating="not-appropriate", code="72148", silent=False, when=NOW, rule="R-08"):
@@ -119,7 +119,7 @@ def test_formats(store):
         ("30d", NOW - timedelta(days=30)),
         ("12h", NOW - timedelta(hours=12)),
         ("2w", NOW - timedelta(weeks=2)),
-        ("2026-05-01", datetime(2026, 5, 1, tzinfo=timezone.utc)),
+        ("2026-05-01", datetime(2026, 5, 1, tzinfo=UTC)),
         (None, None),
     ],
 )

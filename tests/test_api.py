@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import FIXTURES, SELECT, load_request
 
 NEGATIVE = sorted((FIXTURES / "negative").glob("*.json"))

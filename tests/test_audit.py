@@ -8,11 +8,11 @@ import json
 
 import pytest
 import responses
+from conftest import ROOT, SELECT, SIGN, load_request
 from sqlalchemy import create_engine
+from test_feedback import FEEDBACK
 
 from cds_service.cards import PAMA_CONSULT_ID
-from conftest import ROOT, SELECT, SIGN, load_request
-from test_feedback import FEEDBACK
 
 KEY = "site-secret-for-tests"
 

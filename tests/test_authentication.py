@@ -10,13 +10,13 @@ import uuid
 import jwt
 import pytest
 import responses
+from conftest import ROOT, SELECT, load_request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from cds_service import create_app
 from cds_service.security import TrustError, load_trusted_issuers
-from conftest import ROOT, SELECT, load_request
 
 BASE = "http://localhost"
 ISS, OTHER_ISS, JKU_ISS = "https://ehr.example.org", "https://other.example.org", "https://jku-ehr.example.org"

@@ -6,9 +6,9 @@ import copy
 import json
 
 import pytest
+from conftest import FIXTURES, SCENARIOS, load_request
 
 from cds_service.cards import PAMA_CONSULT_ID, PAMA_RATING, PAMA_RATING_SYSTEM
-from conftest import FIXTURES, SCENARIOS, load_request
 
 NAMES = sorted(SCENARIOS["scenarios"])
 SERVICE_FOR = {"order-select": "lumbar-mri-order-select", "order-sign": "lumbar-mri-order-sign"}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from cds_service.cli import main
 from conftest import FIXTURES, SCENARIOS
+
+from cds_service.cli import main
 
 NOW = SCENARIOS["clock"]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import load_request
 
 from cds_service.protocol import HookRequest, decode
-from conftest import load_request
 
 
 def evaluated(app, request, service_id):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -52,16 +52,14 @@ def test_overridden_feedback_is_stored_with_its_reason(app, client):
     assert row["override_reason_code"] == "red-flag-not-in-record"
     assert row["override_reason_display"] == "Red flag present, not yet documented"
     assert row["user_comment"] == "Saddle numbness on exam today"
-    assert row["outcome_timestamp"].replace(tzinfo=timezone.utc) == datetime(
-        2026, 6, 1, 12, 3, 4, 500000, tzinfo=timezone.utc
-    )
+    assert row["outcome_timestamp"].replace(tzinfo=UTC) == datetime(2026, 6, 1, 12, 3, 4, 500000, tzinfo=UTC)
 
 
 def test_accepted_feedback_is_stored_with_its_suggestions_in_utc(app, client):
     assert client.post(FEEDBACK, json={"feedback": [accepted()]}).status_code == 200
     [row] = stored_rows(app)
     assert row["accepted_suggestions"] == ["suggestion-1"]
-    assert row["outcome_timestamp"].replace(tzinfo=timezone.utc) == datetime(2026, 6, 1, 10, 5, tzinfo=timezone.utc)
+    assert row["outcome_timestamp"].replace(tzinfo=UTC) == datetime(2026, 6, 1, 10, 5, tzinfo=UTC)
 
 
 def test_sandbox_dismissal_without_display_or_comment_is_accepted(app, client):

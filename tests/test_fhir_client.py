@@ -7,10 +7,10 @@ import time
 import pytest
 import requests
 import responses
-
-from cds_service.fhir_client import is_allowed
 from conftest import SELECT, load_request
 from test_patient_data import FHIR, TOKEN, evaluate, searchset, with_authorization
+
+from cds_service.fhir_client import is_allowed
 
 
 def request_missing(*keys):

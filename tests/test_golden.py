@@ -10,10 +10,10 @@ import json
 import os
 
 import pytest
-
-from cds_service.patient_data import decode_hook_request
 from conftest import FIXTURES, SCENARIOS, load_request
 from golden import summarize
+
+from cds_service.patient_data import decode_hook_request
 
 NAMES = sorted(SCENARIOS["scenarios"])
 SERVICE_FOR = {"order-select": "lumbar-mri-order-select", "order-sign": "lumbar-mri-order-sign"}

@@ -10,7 +10,6 @@ import uuid
 import jwt
 import pytest
 import responses
-
 from conftest import SELECT, load_request
 from test_authentication import EC_KEY, ISS, jwk
 

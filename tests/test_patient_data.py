@@ -6,11 +6,11 @@ import json
 
 import pytest
 import responses
+from conftest import SELECT, load_request
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.patient import Patient
 
 from cds_service.protocol import HookRequest, decode
-from conftest import SELECT, load_request
 
 FHIR = "https://ehr.example.org/fhir"
 TOKEN = "opaque-access-token-5f2c"
@@ -264,17 +264,20 @@ def test_fast_and_careful_decoding_build_the_same_record(app):
     service = rt.services["lumbar-mri-order-select"]
     fast = rt.evaluator.evaluate(service, decode_hook_request(body)).record
     careful = rt.evaluator.evaluate(service, decode(body, HookRequest)).record
-    dump = lambda record: [
-        m.model_dump_json()
-        for m in [
-            record.patient,
-            *record.conditions,
-            *record.observations,
-            *record.procedures,
-            *record.service_requests,
-            *record.devices,
+
+    def dump(record):
+        return [
+            m.model_dump_json()
+            for m in [
+                record.patient,
+                *record.conditions,
+                *record.observations,
+                *record.procedures,
+                *record.service_requests,
+                *record.devices,
+            ]
         ]
-    ]
+
     assert dump(fast) == dump(careful) and fast.kept == careful.kept > 0
 
 

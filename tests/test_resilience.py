@@ -7,9 +7,8 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import create_engine
-
 from conftest import SELECT, load_request
+from sqlalchemy import create_engine
 from test_feedback import FEEDBACK, overridden, stored_rows
 from test_patient_data import with_authorization
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import SELECT, load_request
 
 SANDBOX = "https://sandbox.cds-hooks.org"

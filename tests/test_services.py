@@ -6,10 +6,10 @@ import json
 import re
 
 import pytest
+from conftest import ROOT
 
 from cds_service.knowledge import Knowledge
 from cds_service.services import DISCOVERY_FIELDS, DefinitionError, load_services, render_template
-from conftest import ROOT
 
 TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 

@@ -14,13 +14,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import ROOT, SELECT, load_request
+from servers import gunicorn
 from sqlalchemy import create_engine, inspect, text
+from test_feedback import FEEDBACK, overridden
 
 from cds_service.analytics import build_report
 from cds_service.storage import Store, metadata
-from conftest import ROOT, SELECT, load_request
-from servers import gunicorn
-from test_feedback import FEEDBACK, overridden
 
 
 def _postgres_url() -> str:
@@ -79,10 +79,7 @@ def test_the_code_knows_the_latest_schema_revision():
 
 def test_instances_starting_at_once_migrate_one_after_the_other(database_url):
     """Three instances (processes) start together on an empty database: all come up."""
-    code = (
-        "from cds_service import create_app; create_app({'database_url': %r, 'auth': 'off'}); print('up')"
-        % database_url
-    )
+    code = f"from cds_service import create_app; create_app({{'database_url': {database_url!r}, 'auth': 'off'}}); print('up')"
     starts = [
         subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(3)

@@ -6,8 +6,9 @@ thresholds): no HTTP, no Flask, no module-level state beyond constants.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .orders import OrderedStudy, codings_of
 from .value_sets import DIRECTORY, SNOMED, ReadingList, ValueSet, load_value_sets, normalise

@@ -16,10 +16,11 @@ Conventions (the clinical specification, sections 6 and 7):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ..configuration import Thresholds
 from .orders import OrderedStudy

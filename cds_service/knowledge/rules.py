@@ -13,8 +13,8 @@ and a patient fixture with its scenario.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from ..configuration import Thresholds
 from .facts import Evidence, Facts
@@ -76,7 +76,7 @@ class Proposal:
 
 @dataclass
 class Finding:
-    rule: "Rule"
+    rule: Rule
     evidence: list[Evidence]
     indicator: str
     summary: str

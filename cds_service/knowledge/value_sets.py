@@ -8,11 +8,12 @@ three-character category range where the file says so.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from datetime import datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -229,7 +230,7 @@ class ReadingList:
         degrees = celsius(quantity.value, quantity.code, quantity.unit)
         return degrees is None or degrees >= floor
 
-    def within(self, now: datetime, thresholds: Any, contrast_ordered: bool = True) -> "ReadingList":
+    def within(self, now: datetime, thresholds: Any, contrast_ordered: bool = True) -> ReadingList:
         """The same list for one call: each value set's look-back window (`lookbackThreshold`) applied
         at `now`, and value sets read only for contrast orders (`readWhen`) left out when none is.
         Windows are whole days, so one list serves a whole day."""
@@ -241,7 +242,7 @@ class ReadingList:
             cached = self._within[key] = self._make_within(now, thresholds, contrast_ordered)
         return cached
 
-    def _make_within(self, now: datetime, thresholds: Any, contrast_ordered: bool) -> "ReadingList":
+    def _make_within(self, now: datetime, thresholds: Any, contrast_ordered: bool) -> ReadingList:
         clone = object.__new__(ReadingList)
         clone.__dict__.update(self.__dict__)
         clone._cutoffs = {}
