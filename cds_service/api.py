@@ -10,8 +10,8 @@ from flask import Blueprint, Flask, g
 from werkzeug.exceptions import HTTPException
 
 from . import metrics
-from .patient_data import decode_hook_request
 from .protocol import CdsError, operation_outcome
+from .protocol.fhir import decode_hook_request
 from .runtime import json_response, request_body, require_json, runtime
 
 log = logging.getLogger(__name__)

@@ -84,18 +84,18 @@ class AuditTrail:
                     "acr_category": assessment.category,
                     "variant": assessment.variant.number if assessment.variant else None,
                     "rules_fired": assessment.fired,
-                    "card_topics": [card["source"]["topic"]["code"] for card in result.cards],
+                    "card_topics": [card.topic.value for card in result.cards],
                     "fallback_used": bool(evaluation.record and evaluation.record.fallback_used),
                     "silent": silent,
                     "latency_ms": round(latency_ms, 2),
                     "cards": [
                         {
-                            "card_uuid": card["uuid"],
-                            "topic": card["source"]["topic"]["code"],
-                            "rule_id": rule_id,
-                            "indicator": card["indicator"],
+                            "card_uuid": card.uuid,
+                            "topic": card.topic.value,
+                            "rule_id": card.rule_id,
+                            "indicator": card.indicator,
                         }
-                        for card, rule_id in zip(result.cards, result.card_rules, strict=True)
+                        for card in result.cards
                     ],
                 }
             )

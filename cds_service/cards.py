@@ -20,7 +20,7 @@ import orjson
 
 from .knowledge.facts import Evidence, Facts
 from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA
-from .knowledge.rules import DEFER, REPEAT, Assessment, Finding, Proposal, rating_for
+from .knowledge.rules import Assessment, Finding, Proposal, Topic, rating_for
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"
 OVERRIDE_SYSTEM = "urn:lumbar-mri-cds:override-reason"
@@ -37,23 +37,6 @@ _PAMA_EXTENSIONS = {
 SOURCE_LABEL = "Lumbar MRI appropriateness (ACR 2021, ACP, NICE NG59)"
 DEFAULT_SITE_CODES = Path(__file__).resolve().parent / "knowledge" / "site_codes.json"
 
-TOPICS = {
-    "defer-imaging": "Defer imaging",
-    "urgent-imaging": "Urgent imaging",
-    "ct-alternative": "CT alternative",
-    "imaging-appropriate": "Imaging appropriate",
-    "intervention-candidacy": "Surgery or injection candidacy",
-    "prior-lumbar-surgery": "Prior lumbar surgery",
-    "fracture-risk": "Fracture risk",
-    "cancer-risk-factors": "Cancer risk factors",
-    "infection-risk-factors": "Infection risk factors",
-    "contrast-choice": "Contrast choice",
-    "gadolinium-kidney": "Gadolinium and kidney function",
-    "gadolinium-pregnancy": "Gadolinium in pregnancy",
-    "mri-safety": "MRI safety",
-    "claustrophobia": "Claustrophobia",
-    "inflammatory-back-pain": "Inflammatory back pain",
-}
 RATING_DISPLAYS = {
     "appropriate": "Appropriate",
     "not-appropriate": "Not appropriate",
@@ -116,6 +99,25 @@ def load_site_codes(path: Path | None) -> dict[str, list[dict[str, Any]]]:
     return codes
 
 
+@dataclass(frozen=True)
+class PresentedCard:
+    """A card as the audit trail, metrics and logs read it, with the CDS Hooks JSON it is sent as."""
+
+    uuid: str
+    topic: Topic
+    rule_id: str
+    indicator: str
+    json: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RatingAction:
+    """The system action that writes the PAMA rating back to the order, and the consult id it carries."""
+
+    consult_id: str
+    json: dict[str, Any]
+
+
 @dataclass
 class Presenter:
     site_codes: dict[str, list[dict[str, Any]]]
@@ -125,6 +127,9 @@ class Presenter:
     # --- the rating (R-18) -------------------------------------------------------------------
     def rated_copy(self, order: dict[str, Any], rating: str, category: str | None) -> dict[str, Any]:
         """The order with the Argonaut PAMA rating extensions and no other change."""
+        return self._rated(order, rating, category)[0]
+
+    def _rated(self, order: dict[str, Any], rating: str, category: str | None) -> tuple[dict[str, Any], str]:
         resource = orjson.loads(orjson.dumps(order))  # a deep copy: JSON data, several times faster than deepcopy
         kept = [
             e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)
@@ -134,36 +139,40 @@ class Presenter:
             rating_codings.append(
                 {"system": ACR_CATEGORY_SYSTEM, "code": category, "display": CATEGORY_NAMES[category]}
             )
+        consult_id = f"urn:uuid:{self.new_uuid()}"
         resource["extension"] = kept + [
             {"url": PAMA_RATING, "valueCodeableConcept": {"coding": rating_codings}},
-            {"url": PAMA_CONSULT_ID, "valueUri": f"urn:uuid:{self.new_uuid()}"},
+            {"url": PAMA_CONSULT_ID, "valueUri": consult_id},
         ]
-        return resource
+        return resource, consult_id
 
-    def rating_action(self, assessment: Assessment, order: dict[str, Any]) -> dict[str, Any]:
+    def rating_action(self, assessment: Assessment, order: dict[str, Any]) -> RatingAction:
         variant = f", {assessment.variant.name}" if assessment.variant else ""
-        return {
+        resource, consult_id = self._rated(order, assessment.rating, assessment.category)
+        action = {
             "type": "update",
             "description": f"Record the appropriateness rating: {RATING_DISPLAYS[assessment.rating]}{variant} "
             "(ACR Appropriateness Criteria, Low Back Pain)",
-            "resource": self.rated_copy(order, assessment.rating, assessment.category),
+            "resource": resource,
         }
+        return RatingAction(consult_id, action)
 
     # --- cards --------------------------------------------------------------------------------
-    def cards(self, assessment: Assessment, order: dict[str, Any]) -> list[dict[str, Any]]:
+    def cards(self, assessment: Assessment, order: dict[str, Any]) -> list[PresentedCard]:
         return [self._card(finding, assessment, order) for finding in assessment.findings]
 
-    def _card(self, finding: Finding, assessment: Assessment, order: dict[str, Any]) -> dict[str, Any]:
+    def _card(self, finding: Finding, assessment: Assessment, order: dict[str, Any]) -> PresentedCard:
         topic = finding.card_topic
+        card_uuid = self.new_uuid()
         card: dict[str, Any] = {
-            "uuid": self.new_uuid(),
+            "uuid": card_uuid,
             "summary": finding.summary,
             "indicator": finding.indicator,
             "detail": self._detail(finding, assessment),
             "source": {
                 "label": SOURCE_LABEL,
                 "url": ACR_LBP.url,
-                "topic": {"system": TOPIC_SYSTEM, "code": topic, "display": TOPICS[topic]},
+                "topic": {"system": TOPIC_SYSTEM, "code": topic.value, "display": topic.display},
             },
         }
         suggestions = [self._suggestion(p, finding, assessment, order) for p in finding.proposals]
@@ -175,7 +184,7 @@ class Presenter:
             for code, display in _OVERRIDES.get(topic, _GENERIC_OVERRIDES)
         ]
         card["links"] = [{"label": c.label, "url": c.url, "type": "absolute"} for c in finding.rule.citations]
-        return card
+        return PresentedCard(card_uuid, topic, finding.rule.id, finding.indicator, card)
 
     def _detail(self, finding: Finding, assessment: Assessment) -> str:
         facts = assessment.facts
@@ -194,7 +203,7 @@ class Presenter:
             )
         elif finding.rule.citations:
             lines.append(f"**Guideline:** {finding.rule.citations[0].label}.")
-        if finding.rule.group in (DEFER, REPEAT):
+        if finding.rule.group.defers:
             lines += [
                 "",
                 f"**No red flag is recorded.** Checked for: {_RED_FLAG_CHECKLIST}. The absence of a recorded "

@@ -69,7 +69,7 @@ def _report(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluation import Evaluator
     from .knowledge import Knowledge
-    from .patient_data import decode_hook_request
+    from .protocol.fhir import decode_hook_request
     from .services import load_services
 
     try:
@@ -130,35 +130,8 @@ def report(service_id: str, hook_instance: str, now: datetime, evaluation: Any) 
             f"{facts.episode_start.isoformat()} ({facts.episode_days} days)" if facts.episode_start else "not recorded"
         )
         lines.append(f"    episode start: {episode}")
-        for name in (
-            "indication",
-            "cauda_equina",
-            "ces_signs",
-            "severe_deficit",
-            "weakness",
-            "cancer",
-            "spinal_metastasis",
-            "weight_loss",
-            "spinal_infection",
-            "fever",
-            "iv_drug_use",
-            "recent_infection",
-            "sepsis",
-            "raised_markers",
-            "immunosuppression",
-            "fracture_risk",
-            "vertebral_fracture",
-            "lumbar_surgery",
-            "conservative_care",
-            "candidacy",
-            "prior_imaging",
-            "implants",
-            "conditional_devices",
-            "claustrophobia",
-            "pregnancy",
-            "low_egfr",
-        ):
-            for evidence in getattr(facts, name):
+        for name, found in facts.recorded():  # every fact of the fact table that is set
+            for evidence in found:
                 lines.append(f"    {name.replace('_', ' ')}: {evidence.describe()}")
         if facts.unavailable:
             lines.append(f"    not available: {', '.join(facts.unavailable)}")

@@ -56,6 +56,10 @@ class Thresholds:
     aki_lookback_days: int = 30
     pregnancy_lookback_days: int = 30  # pregnancy status and urine hCG observations
 
+    @property
+    def repeat_imaging_days(self) -> int:
+        return round(self.repeat_imaging_months * 30.44)
+
 
 @dataclass(frozen=True)
 class Settings:

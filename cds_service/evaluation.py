@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .cards import PAMA_CONSULT_ID, Presenter, load_site_codes
+from .cards import PresentedCard, Presenter, RatingAction, load_site_codes
 from .configuration import Settings
 from .fhir_client import ConnectionPools, FhirClient
+from .fhir_models import draft_order_model
 from .knowledge import Knowledge, OrderedStudy
 from .knowledge.facts import FactReader
 from .knowledge.rules import Assessment, assess
-from .patient_data import PatientRecord, build_record, draft_order_model
+from .patient_record import PatientRecord, build_record
 from .protocol import CdsError, HookRequest
 from .services import ServiceDefinition
 
@@ -42,13 +43,12 @@ class OrderUnderReview:
 class OrderResult:
     order: OrderUnderReview
     assessment: Assessment
-    cards: list[dict[str, Any]]
-    card_rules: list[str]  # the rule behind each card
-    rating_action: dict[str, Any]
+    cards: list[PresentedCard]
+    rating: RatingAction
 
     @property
     def consult_id(self) -> str:
-        return next(e["valueUri"] for e in self.rating_action["resource"]["extension"] if e["url"] == PAMA_CONSULT_ID)
+        return self.rating.consult_id
 
 
 @dataclass
@@ -105,21 +105,22 @@ class Evaluator:
         record = build_record(request, service, self.settings, reading_list, self.fhir_client_factory, self.fhir_pools)
         fetched = time.perf_counter()
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
-        reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now)
+        reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now, self.knowledge.facts)
         for order in orders:
             model = draft_order_model(order.resource, record.patient_id, record.data_quality)
-            assessment = assess(reader.read(record, order.resource, model, order.study), self.settings.thresholds)
+            assessment = assess(
+                reader.read(record, order.resource, model, order.study), self.settings.thresholds, self.knowledge.rules
+            )
             evaluation.results.append(
                 OrderResult(
                     order,
                     assessment,
                     self.presenter.cards(assessment, order.resource),
-                    [finding.rule.id for finding in assessment.findings],
                     self.presenter.rating_action(assessment, order.resource),
                 )
             )
-        cards = [card for result in evaluation.results for card in result.cards]
-        actions = [result.rating_action for result in evaluation.results]
+        cards = [card.json for result in evaluation.results for card in result.cards]
+        actions = [result.rating.json for result in evaluation.results]
         evaluation.response = {"cards": cards, "systemActions": actions}
         if self.settings.sandbox_system_actions:
             evaluation.response["extension"] = {"systemActions": actions}  # the sandbox reads only this

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -51,7 +52,7 @@ def auth_failure(reason: str) -> None:
     AUTH_FAILURES.labels(label).inc()
 
 
-def evaluation(evaluation) -> None:
+def evaluation(evaluation: Any) -> None:
     record = evaluation.record
     if record is not None:
         for source in record.sources.values():
@@ -63,7 +64,7 @@ def evaluation(evaluation) -> None:
     for result in evaluation.results:
         RATINGS.labels(result.assessment.rating).inc()
         for card in result.cards:
-            CARDS.labels(card["source"]["topic"]["code"], silent).inc()
+            CARDS.labels(card.topic.value, silent).inc()
 
 
 def fetch_failed(keys: int) -> None:

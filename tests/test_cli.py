@@ -42,3 +42,11 @@ def test_evaluate_reports_a_bad_request_without_a_trace(tmp_path, capsys):
 def test_evaluate_of_a_missing_file(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "nope.json")]) == 2
     assert "nope.json" in capsys.readouterr().err
+
+
+def test_evaluate_lists_every_fact_that_is_set_including_trauma(capsys):
+    """Regression: the CLI had its own list of fact names and missed the trauma facts."""
+    assert main(["evaluate", str(FIXTURES / "requests" / "high-energy-trauma.json"), "--now", NOW]) == 0
+    out = capsys.readouterr().out
+    assert "R-TRAUMA-MAJOR  High-energy trauma" in out
+    assert "    major trauma: " in out

@@ -13,7 +13,7 @@ import pytest
 from conftest import FIXTURES, SCENARIOS, load_request
 from golden import summarize
 
-from cds_service.patient_data import decode_hook_request
+from cds_service.protocol.fhir import decode_hook_request
 
 NAMES = sorted(SCENARIOS["scenarios"])
 SERVICE_FOR = {"order-select": "lumbar-mri-order-select", "order-sign": "lumbar-mri-order-sign"}

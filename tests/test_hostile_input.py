@@ -13,8 +13,8 @@ from conftest import SELECT, load_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cds_service.patient_data import decode_hook_request
 from cds_service.protocol import CdsError
+from cds_service.protocol.fhir import decode_hook_request
 
 FAST = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 

@@ -256,8 +256,8 @@ def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(a
 
 
 def test_fast_and_careful_decoding_build_the_same_record(app):
-    from cds_service.patient_data import decode_hook_request
     from cds_service.protocol import HookRequest, decode
+    from cds_service.protocol.fhir import decode_hook_request
 
     body = json.dumps(load_request("low-egfr-contrast")).encode()
     rt = app.extensions["cds"]

@@ -8,7 +8,7 @@ import pytest
 from conftest import load_request
 
 from cds_service.knowledge import Knowledge
-from cds_service.patient_data import decode_hook_request
+from cds_service.protocol.fhir import decode_hook_request
 
 ICD, SCT, LOINC = "http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct", "http://loinc.org"
 DEFERRED = ["acute-lbp-defer", "subacute-no-conservative-care", "repeat-imaging", "entered-in-error-red-flag"]

@@ -9,6 +9,7 @@ import pytest
 from conftest import ROOT
 
 from cds_service.knowledge import Knowledge
+from cds_service.resource_types import BY_PREFETCH_KEY
 from cds_service.services import DISCOVERY_FIELDS, DefinitionError, load_services, render_template
 
 TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -43,11 +44,21 @@ def test_prefetch_asks_for_the_resources_the_rules_read(client):
     assert targets == {"Patient", "Condition", "Observation", "ServiceRequest", "Procedure", "Device"}
 
 
+def test_shipped_prefetch_templates_are_the_resource_type_table_searches():
+    """One place per resource type: each shipped key is a RESOURCE_TYPES entry, searched as the table says
+    (a service may only narrow the search, as the Observation template does with its codes)."""
+    for path in (ROOT / "hooks").glob("*.json"):
+        prefetch = json.loads(path.read_text())["prefetch"]
+        assert set(prefetch) == set(BY_PREFETCH_KEY), path.name
+        for key, template in prefetch.items():
+            search = BY_PREFETCH_KEY[key].search
+            assert template == search or template.startswith(search + "&"), (path.name, key)
+
+
 def test_observation_prefetch_names_exactly_the_loinc_codes_of_the_observation_value_sets():
     knowledge = Knowledge()
-    wanted = {
-        code for vs in knowledge.value_sets.values() if "Observation" in vs.resource_types for _, code in vs.codes
-    }
+    wanted = {code for vs in knowledge.value_sets_read_from("Observation") for _, code in vs.codes}
+    assert wanted
     for path in (ROOT / "hooks").glob("*.json"):
         template = json.loads(path.read_text())["prefetch"]["observations"]
         listed = {item.split("|")[1] for item in template.split("code=")[1].split(",")}

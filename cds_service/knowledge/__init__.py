@@ -6,20 +6,37 @@ thresholds): no HTTP, no Flask, no module-level state beyond constants.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .fact_table import FACTS
+from .facts import Fact
 from .orders import OrderedStudy, codings_of
-from .value_sets import DIRECTORY, SNOMED, ReadingList, ValueSet, load_value_sets, normalise
+from .reading_list import ReadingList
+from .rules import RULES, Rule
+from .value_sets import DIRECTORY, SNOMED, ValueSet, load_value_sets, normalise
 
 
 class Knowledge:
     """Loaded once at start-up and shared read-only by every request."""
 
-    def __init__(self, value_set_dir: Path = DIRECTORY) -> None:
+    def __init__(
+        self, value_set_dir: Path = DIRECTORY, facts: Sequence[Fact] = FACTS, rules: Sequence[Rule] = RULES
+    ) -> None:
         self.value_sets: Mapping[str, ValueSet] = load_value_sets(value_set_dir)
-        self.reading_list = ReadingList(self.value_sets)
+        self.facts = tuple(facts)
+        self.rules = tuple(rules)
+        missing = sorted({v for fact in self.facts for s in fact.sources for v in s.value_sets} - set(self.value_sets))
+        if missing:
+            raise ValueError(f"facts name value sets that do not exist: {', '.join(missing)}")
+        self.reading_list = ReadingList(self.value_sets, self.facts)
+
+    def value_sets_read_from(self, resource_type: str) -> list[ValueSet]:
+        """The value sets some fact matches in `resource_type` resources of the record."""
+        ids = {v for fact in self.facts for s in fact.sources if s.element.from_record
+               and s.element.resource_type == resource_type for v in s.value_sets}  # fmt: skip
+        return [self.value_sets[v] for v in sorted(ids)]
 
     def __getitem__(self, value_set_id: str) -> ValueSet:
         return self.value_sets[value_set_id]

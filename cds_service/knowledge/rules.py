@@ -7,13 +7,19 @@ decides the one appropriateness card of the order; any red flag (R-01..R-07, R-T
 axial spondyloarthritis (RF-AS) rule out deferral. Safety and modality rules (R-12..R-17) are
 orthogonal and apply only when imaging goes ahead. R-18 rates the order (Argonaut PAMA).
 
-To add a rule: one Rule entry below (id, card topic, variant, citations, test), its value sets,
-and a patient fixture with its scenario.
+`assess` walks RULES in the precedence of their groups (Group, in definition order); nothing
+else names a rule. A rule's group says whether it rules out deferral (Group.rules_out_deferral)
+and whether it defers (Group.defers).
+
+To add a rule: one Rule entry in RULES (id, title, group, card topic, ACR variant, citations,
+test), the value sets and facts its test reads (fact_table.py), and a patient fixture with its
+scenario. tests/test_rule_table.py checks that every entry fires on some fixture.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..configuration import Thresholds
@@ -48,16 +54,77 @@ from .guidelines import (
     Variant,
 )
 
-EMERGENCY, URGENT, ADVICE, REPEAT, FAILED_CARE, DEFER, SAFETY = (
-    "emergency",
-    "urgent",
-    "advice",
-    "repeat",
-    "failed-care",
-    "defer",
-    "safety",
-)
-RED_FLAG_GROUPS = (EMERGENCY, URGENT, ADVICE)
+
+class Group(enum.Enum):
+    """Precedence groups, in precedence order (clinical specification 7.3)."""
+
+    EMERGENCY = "emergency"
+    URGENT = "urgent"
+    ADVICE = "advice"  # imaging appropriate with advice, or outside these criteria
+    REPEAT = "repeat"
+    FAILED_CARE = "failed-care"
+    DEFER = "defer"
+    SAFETY = "safety"  # safety and modality: orthogonal, only when imaging goes ahead
+    RATING = "rating"  # the PAMA rating: always recorded
+
+    @property
+    def rules_out_deferral(self) -> bool:
+        """Every rule of the group that fires is named; the first decides, and the order is never deferred."""
+        return self in (Group.EMERGENCY, Group.URGENT, Group.ADVICE)
+
+    @property
+    def decides(self) -> bool:
+        """A group whose first firing rule gives the order's one appropriateness card."""
+        return self not in (Group.SAFETY, Group.RATING)
+
+    @property
+    def defers(self) -> bool:
+        return self in (Group.REPEAT, Group.DEFER)
+
+
+class Topic(enum.StrEnum):
+    """A card's source.topic code (urn:lumbar-mri-cds:card-topic)."""
+
+    DEFER_IMAGING = "defer-imaging"
+    URGENT_IMAGING = "urgent-imaging"
+    CT_ALTERNATIVE = "ct-alternative"
+    IMAGING_APPROPRIATE = "imaging-appropriate"
+    INTERVENTION_CANDIDACY = "intervention-candidacy"
+    PRIOR_LUMBAR_SURGERY = "prior-lumbar-surgery"
+    FRACTURE_RISK = "fracture-risk"
+    CANCER_RISK_FACTORS = "cancer-risk-factors"
+    INFECTION_RISK_FACTORS = "infection-risk-factors"
+    CONTRAST_CHOICE = "contrast-choice"
+    GADOLINIUM_KIDNEY = "gadolinium-kidney"
+    GADOLINIUM_PREGNANCY = "gadolinium-pregnancy"
+    MRI_SAFETY = "mri-safety"
+    CLAUSTROPHOBIA = "claustrophobia"
+    INFLAMMATORY_BACK_PAIN = "inflammatory-back-pain"
+    RATING = "rating"  # R-18: no card
+
+    @property
+    def display(self) -> str:
+        return _TOPIC_DISPLAYS[self]
+
+
+_TOPIC_DISPLAYS = {
+    Topic.DEFER_IMAGING: "Defer imaging",
+    Topic.URGENT_IMAGING: "Urgent imaging",
+    Topic.CT_ALTERNATIVE: "CT alternative",
+    Topic.IMAGING_APPROPRIATE: "Imaging appropriate",
+    Topic.INTERVENTION_CANDIDACY: "Surgery or injection candidacy",
+    Topic.PRIOR_LUMBAR_SURGERY: "Prior lumbar surgery",
+    Topic.FRACTURE_RISK: "Fracture risk",
+    Topic.CANCER_RISK_FACTORS: "Cancer risk factors",
+    Topic.INFECTION_RISK_FACTORS: "Infection risk factors",
+    Topic.CONTRAST_CHOICE: "Contrast choice",
+    Topic.GADOLINIUM_KIDNEY: "Gadolinium and kidney function",
+    Topic.GADOLINIUM_PREGNANCY: "Gadolinium in pregnancy",
+    Topic.MRI_SAFETY: "MRI safety",
+    Topic.CLAUSTROPHOBIA: "Claustrophobia",
+    Topic.INFLAMMATORY_BACK_PAIN: "Inflammatory back pain",
+    Topic.RATING: "Appropriateness rating",
+}
 
 
 @dataclass(frozen=True)
@@ -76,41 +143,49 @@ class Proposal:
 
 @dataclass
 class Finding:
-    rule: Rule
+    """What a rule's test concluded; `assess` binds it to the rule that produced it."""
+
     evidence: list[Evidence]
     indicator: str
     summary: str
     advice: str
     proposals: list[Proposal] = field(default_factory=list)
-    topic: str | None = None  # overrides the rule's card topic
+    topic: Topic | None = None  # overrides the rule's card topic
     also: list[Evidence] = field(default_factory=list)  # supporting facts named in the detail
+    rule: Rule = field(init=False)
 
     @property
-    def card_topic(self) -> str:
+    def card_topic(self) -> Topic:
         return self.topic or self.rule.topic
+
+
+Test = Callable[["Facts", Thresholds, "Assessment"], "Finding | None"]
 
 
 @dataclass(frozen=True)
 class Rule:
+    """One entry of the rule table. `test` is a pure function of the facts, the thresholds and the
+    assessment so far (safety rules read the decided appropriateness finding)."""
+
     id: str
     title: str
-    group: str
-    topic: str  # the card's source.topic code
+    group: Group
+    topic: Topic  # the card's source.topic code
     variant: Variant | None
     citations: tuple[Citation, ...]
-    test: Callable[[Facts, Thresholds], Finding | None]
+    test: Test
     rated: bool = True  # False: the ACR low back pain criteria do not cover it; the order is rated no-criteria-apply
+    yields_to: tuple[str, ...] = ()  # safety rules whose card already says what this one would
 
 
 # --- red flags ---------------------------------------------------------------------------------
 
 
-def _cauda_equina(f: Facts, t: Thresholds) -> Finding | None:
+def _cauda_equina(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     evidence = f.cauda_equina + f.ces_signs
     if not evidence:
         return None
     return Finding(
-        RULES_BY_ID["R-01"],
         evidence,
         "critical",
         "Possible cauda equina syndrome: emergency MRI today, do not defer",
@@ -122,7 +197,7 @@ def _cauda_equina(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _neuro_deficit(f: Facts, t: Thresholds) -> Finding | None:
+def _neuro_deficit(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.severe_deficit and not f.weakness:
         return None
     distinct = {e.id for e in f.severe_deficit + f.weakness}
@@ -133,7 +208,6 @@ def _neuro_deficit(f: Facts, t: Thresholds) -> Finding | None:
         else "New motor weakness recorded: image promptly, do not defer"
     )
     return Finding(
-        RULES_BY_ID["R-02"],
         f.severe_deficit + [e for e in f.weakness if e not in f.severe_deficit],
         "critical" if critical else "warning",
         summary,
@@ -151,12 +225,11 @@ def _neuro_deficit(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _major_trauma(f: Facts, t: Thresholds) -> Finding | None:
+def _major_trauma(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.major_trauma:
         return None
     if f.pregnancy:  # pregnancy never prompts CT; nor does it withhold CT after major trauma
         return Finding(
-            RULES_BY_ID["R-TRAUMA-MAJOR"],
             f.major_trauma,
             "critical",
             "High-energy trauma recorded in pregnancy: trauma pathway now; agree CT or MRI with radiology",
@@ -168,7 +241,6 @@ def _major_trauma(f: Facts, t: Thresholds) -> Finding | None:
             also=f.pregnancy,
         )
     return Finding(
-        RULES_BY_ID["R-TRAUMA-MAJOR"],
         f.major_trauma,
         "critical",
         "High-energy trauma recorded: CT of the spine first (trauma pathway), do not defer",
@@ -189,13 +261,12 @@ def _major_trauma(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _malignancy(f: Facts, t: Thresholds) -> Finding | None:
+def _malignancy(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     strong = f.spinal_metastasis + [e for e in f.cancer if e not in f.spinal_metastasis]
     if strong:
         critical = bool(f.severe_deficit or f.weakness or f.ces_signs)
         what = "Spinal metastasis recorded" if f.spinal_metastasis else "Cancer recorded"
         return Finding(
-            RULES_BY_ID["R-03"],
             strong,
             "critical" if critical else "warning",
             f"{what} with back pain: urgent MRI"
@@ -211,37 +282,34 @@ def _malignancy(f: Facts, t: Thresholds) -> Finding | None:
         weaker.append(Evidence("Patient", None, f"Age {f.age} (over {t.cancer_risk_age})"))
     if f.weight_loss and len(weaker) >= 2:
         return Finding(
-            RULES_BY_ID["R-03"],
             weaker,
             "info",
             "Weaker cancer risk factors together: imaging reasonable; consider radiographs and ESR first",
             "Unexplained weight loss with age over 50 raises the possibility of malignancy (ACP 2007 table 1). "
             "ACP 2011 suggests radiographs with ESR after about a month's trial of therapy; MRI if they are "
             "abnormal or suspicion stays high. Deferral is not advised with these findings recorded.",
-            topic="cancer-risk-factors",
+            topic=Topic.CANCER_RISK_FACTORS,
         )
     return None
 
 
-def _infection(f: Facts, t: Thresholds) -> Finding | None:
+def _infection(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     cofactors = f.iv_drug_use + f.recent_infection + f.immunosuppression + f.raised_markers
     if not f.spinal_infection and not f.fever:
         risk = f.iv_drug_use + f.recent_infection + f.raised_markers
         if not risk:
             return None
         return Finding(
-            RULES_BY_ID["R-04"],
             risk,
             "info",
             "Spinal infection risk factor recorded: check for fever; imaging is not deferred",
             "IV drug use, a recent systemic infection or raised inflammatory markers are risk factors for "
             "vertebral infection (ACP 2007 table 1; NASS and ACEP Choosing Wisely). With fever, back pain "
             "and such a factor, MRI without and with contrast is indicated now (ACR variant 7).",
-            topic="infection-risk-factors",
+            topic=Topic.INFECTION_RISK_FACTORS,
         )
     critical = bool(f.sepsis or f.severe_deficit or f.weakness or f.ces_signs)
     return Finding(
-        RULES_BY_ID["R-04"],
         f.spinal_infection + f.fever,
         "critical" if critical else "warning",
         "Possible spinal infection: urgent MRI" + (" today" if critical else "") + ", with and without contrast",
@@ -273,11 +341,10 @@ def _urgent_proposals(f: Facts, priority: str, prefer_contrast: bool) -> list[Pr
     return [change, keep] if prefer_contrast else [keep, change]
 
 
-def _immunosuppression(f: Facts, t: Thresholds) -> Finding | None:
+def _immunosuppression(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.immunosuppression:
         return None
     return Finding(
-        RULES_BY_ID["R-05"],
         f.immunosuppression,
         "info",
         "Immunosuppression recorded: imaging is appropriate (ACR variant 7); do not defer",
@@ -287,7 +354,7 @@ def _immunosuppression(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _prior_surgery(f: Facts, t: Thresholds) -> Finding | None:
+def _prior_surgery(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.lumbar_surgery or not f.indication:
         return None
     if f.surgery_date is not None and f.episode_start is not None and f.episode_start <= f.surgery_date:
@@ -302,7 +369,6 @@ def _prior_surgery(f: Facts, t: Thresholds) -> Finding | None:
             )
         )
     return Finding(
-        RULES_BY_ID["R-07"],
         f.lumbar_surgery,
         "info",
         "New symptoms after lumbar surgery: imaging appropriate; MRI with and without contrast preferred",
@@ -313,11 +379,10 @@ def _prior_surgery(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _fracture_risk(f: Facts, t: Thresholds) -> Finding | None:
+def _fracture_risk(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.fracture_risk and not f.vertebral_fracture:
         return None
     return Finding(
-        RULES_BY_ID["R-06"],
         f.fracture_risk + f.vertebral_fracture,
         "info",
         "Fracture risk recorded: imaging appropriate; radiographs or CT are reasonable first studies",
@@ -331,11 +396,10 @@ def _fracture_risk(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _axial_spondyloarthritis(f: Facts, t: Thresholds) -> Finding | None:
+def _axial_spondyloarthritis(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.axial_spa:
         return None
     return Finding(
-        RULES_BY_ID["R-AS"],
         f.axial_spa,
         "info",
         "Axial spondyloarthritis recorded: not for deferral; consider rheumatology and sacroiliac-joint imaging",
@@ -350,7 +414,7 @@ def _axial_spondyloarthritis(f: Facts, t: Thresholds) -> Finding | None:
 # --- no red flag: repeat, failed care, defer -----------------------------------------------------
 
 
-def _repeat_imaging(f: Facts, t: Thresholds) -> Finding | None:
+def _repeat_imaging(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.prior_imaging:
         return None
     prior = f.prior_imaging[0]
@@ -359,7 +423,6 @@ def _repeat_imaging(f: Facts, t: Thresholds) -> Finding | None:
     if f.episode_start is not None and prior.when is not None and f.episode_start > prior.when:
         return None  # a new complaint since the study: a change in clinical status
     return Finding(
-        RULES_BY_ID["R-11"],
         [prior],
         "warning",
         f"Repeat lumbar imaging usually not indicated: last study {prior.when.isoformat()}, no change recorded",
@@ -371,15 +434,20 @@ def _repeat_imaging(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _failed_care(f: Facts, t: Thresholds) -> Finding | None:
-    if f.care_start is None or (f.now.date() - f.care_start).days < t.conservative_care_days:
+def _care_failed(f: Facts, t: Thresholds) -> bool:
+    return f.care_start is not None and (f.now.date() - f.care_start).days >= t.conservative_care_days
+
+
+def _failed_care_candidate(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
+    if not _care_failed(f, t) or not f.candidacy:
         return None
-    if f.candidacy:
-        return Finding(
-            RULES_BY_ID["R-10"], f.conservative_care[:2] + f.candidacy, "info", "", ""
-        )  # appropriate: no card
+    return Finding(f.conservative_care[:2] + f.candidacy, "info", "", "")  # appropriate: no card
+
+
+def _failed_care_without_candidacy(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
+    if not _care_failed(f, t) or f.candidacy:
+        return None
     return Finding(
-        RULES_BY_ID["R-10b"],
         f.conservative_care[:2],
         "info",
         "Imaging after failed conservative care helps only if surgery or injection is being considered",
@@ -390,11 +458,10 @@ def _failed_care(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _acute(f: Facts, t: Thresholds) -> Finding | None:
+def _acute(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if f.episode_days is None or f.episode_days >= t.acute_episode_days:
         return None
     return Finding(
-        RULES_BY_ID["R-08"],
         f.indication,
         "warning",
         "Lumbar MRI usually not appropriate yet: back pain under 6 weeks, no red flags recorded",
@@ -426,7 +493,7 @@ def _weaker_factors(f: Facts) -> list[Evidence]:
     ]
 
 
-def _no_conservative_care(f: Facts, t: Thresholds) -> Finding | None:
+def _no_conservative_care(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if f.care_start is not None:
         started = f"Conservative care recorded since {f.care_start.isoformat()}: under 6 weeks so far."
     else:
@@ -437,7 +504,6 @@ def _no_conservative_care(f: Facts, t: Thresholds) -> Finding | None:
         else "The duration of the back pain is not recorded"
     )
     return Finding(
-        RULES_BY_ID["R-09"],
         f.indication,
         "warning",
         "Lumbar MRI usually not appropriate: no 6-week trial of conservative care recorded, no red flags recorded",
@@ -457,12 +523,11 @@ def _no_conservative_care(f: Facts, t: Thresholds) -> Finding | None:
 # --- safety and modality (only when imaging goes ahead) -----------------------------------------
 
 
-def _contrast_choice(f: Facts, t: Thresholds) -> Finding | None:
+def _contrast_choice(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if f.study is None:
         return None
     if f.study.contrast == "with":
         return Finding(
-            RULES_BY_ID["R-12"],
             [],
             "info",
             "Post-contrast-only lumbar MRI is usually not appropriate: choose without, or without and with, contrast",
@@ -486,12 +551,11 @@ def _contrast_choice(f: Facts, t: Thresholds) -> Finding | None:
     return None
 
 
-def _contrast_choice_v3(f: Facts, t: Thresholds) -> Finding | None:
+def _contrast_choice_v3(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     """Part of R-12: in variant 3 the plain study is the usually-appropriate one."""
     if f.study is None or f.study.contrast != "without-and-with":
         return None
     return Finding(
-        RULES_BY_ID["R-12"],
         [],
         "info",
         "MRI without contrast is the usually appropriate study here (ACR variant 3)",
@@ -508,23 +572,21 @@ def _contrast_choice_v3(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _implant(f: Facts, t: Thresholds) -> Finding | None:
+def _implant(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.implants:
         return None
     if f.pregnancy:
         return Finding(
-            RULES_BY_ID["R-13"],
             f.implants,
             "warning",
             "Implant recorded in pregnancy: discuss with radiology before choosing MRI or CT",
             "An implant may make MRI unsafe: verify its MR status (many are MR Conditional). CT is not "
             "withheld when needed, but CT of the lumbar spine exposes the fetus (ACOG 723): decide with "
             "radiology.",
-            topic="mri-safety",
+            topic=Topic.MRI_SAFETY,
             also=f.pregnancy,
         )
     return Finding(
-        RULES_BY_ID["R-13"],
         f.implants,
         "warning",
         "Implant recorded: MRI may be unsafe. Verify MR status; CT lumbar spine is the alternative",
@@ -544,21 +606,20 @@ def _implant(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _conditional_device(f: Facts, t: Thresholds) -> Finding | None:
+def _conditional_device(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.conditional_devices or f.implants:
         return None
     return Finding(
-        RULES_BY_ID["R-13"],
         f.conditional_devices,
         "info",
         "MR Conditional device recorded: confirm its scan conditions before MRI",
         "The device is labelled MR Conditional: MRI is possible under the manufacturer's conditions "
         "(field strength, mode, programming). Tell radiology; no change of study is needed.",
-        topic="mri-safety",
+        topic=Topic.MRI_SAFETY,
     )
 
 
-def _claustrophobia(f: Facts, t: Thresholds) -> Finding | None:
+def _claustrophobia(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.claustrophobia:
         return None
     proposals = (
@@ -573,7 +634,6 @@ def _claustrophobia(f: Facts, t: Thresholds) -> Finding | None:
         ]
     )
     return Finding(
-        RULES_BY_ID["R-14"],
         f.claustrophobia,
         "info",
         "Claustrophobia recorded: consider anxiolysis or a wide-bore or open MRI",
@@ -583,11 +643,10 @@ def _claustrophobia(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-def _gadolinium_kidney(f: Facts, t: Thresholds) -> Finding | None:
+def _gadolinium_kidney(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if f.study is None or not f.study.uses_contrast or not f.low_egfr:
         return None
     return Finding(
-        RULES_BY_ID["R-15"],
         f.low_egfr,
         "warning",
         "Reduced kidney function: if contrast is essential use a group II gadolinium agent",
@@ -602,15 +661,14 @@ def _gadolinium_kidney(f: Facts, t: Thresholds) -> Finding | None:
                 recommended=True,
             )
         ],
-        topic="gadolinium-kidney",
+        topic=Topic.GADOLINIUM_KIDNEY,
     )
 
 
-def _gadolinium_pregnancy(f: Facts, t: Thresholds) -> Finding | None:
+def _gadolinium_pregnancy(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if f.study is None or not f.study.uses_contrast or not f.pregnancy:
         return None
     return Finding(
-        RULES_BY_ID["R-16"],
         f.pregnancy,
         "warning",
         "Pregnancy recorded: avoid routine gadolinium; MRI without contrast is acceptable",
@@ -624,17 +682,16 @@ def _gadolinium_pregnancy(f: Facts, t: Thresholds) -> Finding | None:
                 recommended=True,
             )
         ],
-        topic="gadolinium-pregnancy",
+        topic=Topic.GADOLINIUM_PREGNANCY,
     )
 
 
-def _ct_for_bony_detail(f: Facts, t: Thresholds) -> Finding | None:
+def _ct_for_bony_detail(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.vertebral_fracture and not f.recent_trauma:
         return None
     if f.pregnancy:
         return None  # pregnancy never prompts CT
     return Finding(
-        RULES_BY_ID["R-17"],
         f.vertebral_fracture + f.recent_trauma,
         "info",
         "For bony detail, CT lumbar spine without contrast is usually appropriate and may be the better study",
@@ -644,132 +701,71 @@ def _ct_for_bony_detail(f: Facts, t: Thresholds) -> Finding | None:
     )
 
 
-RULES: tuple[Rule, ...] = (
-    Rule(
-        "R-01",
-        "Suspected cauda equina syndrome",
-        EMERGENCY,
-        "urgent-imaging",
-        V4,
-        (ACR_LBP, ACP_2011, ACEP_CW),
-        _cauda_equina,
-    ),
-    Rule(
-        "R-02",
-        "Severe or progressive neurological deficit",
-        EMERGENCY,
-        "urgent-imaging",
-        V4,
-        (ACP_2007, ACP_2011, ACR_LBP_2016),
-        _neuro_deficit,
-    ),
-    Rule(
-        "R-TRAUMA-MAJOR",
-        "High-energy trauma",
-        EMERGENCY,
-        "ct-alternative",
-        None,
-        (ACR_SPINE_TRAUMA, ACR_LBP_2016),
-        _major_trauma,
-        rated=False,
-    ),
-    Rule("R-03", "Suspected malignancy", URGENT, "urgent-imaging", V7, (ACR_LBP, ACP_2007, ACP_2011), _malignancy),
-    Rule("R-04", "Suspected spinal infection", URGENT, "urgent-imaging", V7, (ACR_LBP, ACP_2011, ACEP_CW), _infection),
-    Rule("R-05", "Immunosuppression", ADVICE, "imaging-appropriate", V7, (ACR_LBP,), _immunosuppression),
-    Rule(
-        "R-07", "Prior lumbar surgery with new symptoms", ADVICE, "prior-lumbar-surgery", V5, (ACR_LBP,), _prior_surgery
-    ),
-    Rule("R-06", "Fracture risk", ADVICE, "fracture-risk", V6, (ACR_LBP, ACR_LBP_2016, ACP_2011), _fracture_risk),
-    Rule(
-        "R-AS",
-        "Axial spondyloarthritis (inflammatory back pain)",
-        ADVICE,
-        "inflammatory-back-pain",
-        None,
-        (ACR_AXIAL_SPA, ACP_2007, NICE_NG59),
-        _axial_spondyloarthritis,
-        rated=False,
-    ),
-    Rule(
-        "R-11",
-        "Repeat imaging without clinical change",
-        REPEAT,
-        "defer-imaging",
-        None,
-        (ACP_2011, EL_BARZOUHI),
-        _repeat_imaging,
-    ),
-    Rule(
-        "R-10",
-        "Failed conservative care, intervention candidate",
-        FAILED_CARE,
-        "imaging-appropriate",
-        V3,
-        (ACR_LBP, ACP_2007, NASS_2014),
-        _failed_care,
-    ),
-    Rule(
-        "R-10b",
-        "Failed conservative care, candidacy not recorded",
-        FAILED_CARE,
-        "intervention-candidacy",
-        V3,
-        (ACR_LBP, ACP_2007, NICE_NG59),
-        _failed_care,
-    ),
-    Rule(
-        "R-08",
-        "Acute low back pain without red flags",
-        DEFER,
-        "defer-imaging",
-        V1,
-        (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59),
-        _acute,
-    ),
-    Rule(
-        "R-09",
-        "No trial of conservative care",
-        DEFER,
-        "defer-imaging",
-        V2,
-        (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59),
-        _no_conservative_care,
-    ),
-    Rule(
-        "R-16",
-        "Gadolinium in pregnancy",
-        SAFETY,
-        "gadolinium-pregnancy",
-        None,
-        (ACOG_723, ACR_MR_SAFETY),
-        _gadolinium_pregnancy,
-    ),
-    Rule(
-        "R-15",
-        "Gadolinium with reduced kidney function",
-        SAFETY,
-        "gadolinium-kidney",
-        None,
-        (ACR_NKF_GBCA,),
-        _gadolinium_kidney,
-    ),
-    Rule("R-12", "Contrast choice", SAFETY, "contrast-choice", None, (ACR_LBP,), _contrast_choice),
-    Rule("R-13", "MRI safety: implant", SAFETY, "ct-alternative", None, (ACR_MR_SAFETY, HRS_2017, ACR_LBP), _implant),
-    Rule("R-14", "Claustrophobia", SAFETY, "claustrophobia", None, (ACR_MR_SAFETY,), _claustrophobia),
-    Rule("R-17", "CT for bony detail", SAFETY, "ct-alternative", V6, (ACR_LBP, ACR_LBP_2016), _ct_for_bony_detail),
-    Rule(
-        "R-18",
-        "Appropriateness rating (Argonaut PAMA)",
-        SAFETY,
-        "rating",
-        None,
-        (ARGONAUT_PAMA, ACR_LBP),
-        lambda f, t: None,
-    ),
-)
-RULES_BY_ID = {rule.id: rule for rule in RULES}
+def _mr_safety(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
+    return _implant(f, t, a) or _conditional_device(f, t, a)
 
-# R-10 and R-10b share one test: whether candidacy is recorded decides which of them fired.
+
+def _contrast(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
+    """R-12: contrast-only is usually not appropriate; after failed care alone, the plain study is."""
+    finding = _contrast_choice(f, t, a)
+    failed_care_alone = a.primary is not None and a.primary.rule.group is Group.FAILED_CARE and not a.other_red_flags
+    if finding is None and failed_care_alone:
+        finding = _contrast_choice_v3(f, t, a)
+    return finding
+
+
+RULES: tuple[Rule, ...] = (
+    # emergency
+    Rule("R-01", "Suspected cauda equina syndrome", Group.EMERGENCY, Topic.URGENT_IMAGING, V4,
+         (ACR_LBP, ACP_2011, ACEP_CW), _cauda_equina),
+    Rule("R-02", "Severe or progressive neurological deficit", Group.EMERGENCY, Topic.URGENT_IMAGING, V4,
+         (ACP_2007, ACP_2011, ACR_LBP_2016), _neuro_deficit),
+    Rule("R-TRAUMA-MAJOR", "High-energy trauma", Group.EMERGENCY, Topic.CT_ALTERNATIVE, None,
+         (ACR_SPINE_TRAUMA, ACR_LBP_2016), _major_trauma, rated=False),
+    # urgent
+    Rule("R-03", "Suspected malignancy", Group.URGENT, Topic.URGENT_IMAGING, V7, (ACR_LBP, ACP_2007, ACP_2011),
+         _malignancy),
+    Rule("R-04", "Suspected spinal infection", Group.URGENT, Topic.URGENT_IMAGING, V7, (ACR_LBP, ACP_2011, ACEP_CW),
+         _infection),
+    # imaging appropriate, with advice; or outside these criteria
+    Rule("R-05", "Immunosuppression", Group.ADVICE, Topic.IMAGING_APPROPRIATE, V7, (ACR_LBP,), _immunosuppression),
+    Rule("R-07", "Prior lumbar surgery with new symptoms", Group.ADVICE, Topic.PRIOR_LUMBAR_SURGERY, V5, (ACR_LBP,),
+         _prior_surgery),
+    Rule("R-06", "Fracture risk", Group.ADVICE, Topic.FRACTURE_RISK, V6, (ACR_LBP, ACR_LBP_2016, ACP_2011),
+         _fracture_risk),
+    Rule("R-AS", "Axial spondyloarthritis (inflammatory back pain)", Group.ADVICE, Topic.INFLAMMATORY_BACK_PAIN, None,
+         (ACR_AXIAL_SPA, ACP_2007, NICE_NG59), _axial_spondyloarthritis, rated=False),
+    # no red flag recorded
+    Rule("R-11", "Repeat imaging without clinical change", Group.REPEAT, Topic.DEFER_IMAGING, None,
+         (ACP_2011, EL_BARZOUHI), _repeat_imaging),
+    Rule("R-10", "Failed conservative care, intervention candidate", Group.FAILED_CARE, Topic.IMAGING_APPROPRIATE, V3,
+         (ACR_LBP, ACP_2007, NASS_2014), _failed_care_candidate),
+    Rule("R-10b", "Failed conservative care, candidacy not recorded", Group.FAILED_CARE,
+         Topic.INTERVENTION_CANDIDACY, V3, (ACR_LBP, ACP_2007, NICE_NG59), _failed_care_without_candidacy),
+    Rule("R-08", "Acute low back pain without red flags", Group.DEFER, Topic.DEFER_IMAGING, V1,
+         (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59), _acute),
+    Rule("R-09", "No trial of conservative care", Group.DEFER, Topic.DEFER_IMAGING, V2,
+         (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59), _no_conservative_care),
+    # safety and modality, in the order their cards are shown
+    Rule("R-13", "MRI safety: implant", Group.SAFETY, Topic.CT_ALTERNATIVE, None, (ACR_MR_SAFETY, HRS_2017, ACR_LBP),
+         _mr_safety),
+    Rule("R-17", "CT for bony detail", Group.SAFETY, Topic.CT_ALTERNATIVE, V6, (ACR_LBP, ACR_LBP_2016),
+         _ct_for_bony_detail),
+    Rule("R-16", "Gadolinium in pregnancy", Group.SAFETY, Topic.GADOLINIUM_PREGNANCY, None, (ACOG_723, ACR_MR_SAFETY),
+         _gadolinium_pregnancy),
+    Rule("R-15", "Gadolinium with reduced kidney function", Group.SAFETY, Topic.GADOLINIUM_KIDNEY, None,
+         (ACR_NKF_GBCA,), _gadolinium_kidney),
+    Rule("R-14", "Claustrophobia", Group.SAFETY, Topic.CLAUSTROPHOBIA, None, (ACR_MR_SAFETY,), _claustrophobia),
+    # R-15 and R-16 already suggest the plain study
+    Rule("R-12", "Contrast choice", Group.SAFETY, Topic.CONTRAST_CHOICE, None, (ACR_LBP,), _contrast,
+         yields_to=("R-15", "R-16")),
+    # the rating is recorded for every evaluated order
+    Rule("R-18", "Appropriateness rating (Argonaut PAMA)", Group.RATING, Topic.RATING, None,
+         (ARGONAUT_PAMA, ACR_LBP), lambda f, t, a: None),
+)  # fmt: skip
+RULES_BY_ID = {rule.id: rule for rule in RULES}
+RATING_RULE = "R-18"
+CONTRAST_RULE = "R-12"  # also recorded when the ordered study itself is contrast-only
 
 
 @dataclass
@@ -778,7 +774,7 @@ class Assessment:
     the orthogonal safety and modality cards, and every rule that fired."""
 
     facts: Facts
-    rating: str  # appropriate | not-appropriate | no-criteria-apply
+    rating: str = ""  # appropriate | not-appropriate | no-criteria-apply
     category: str | None = None  # ACR category of the ordered study: UA | MBA | UNA
     variant: Variant | None = None
     primary: Finding | None = None
@@ -788,7 +784,7 @@ class Assessment:
 
     @property
     def deferred(self) -> bool:
-        return self.primary is not None and self.primary.rule.group in (REPEAT, DEFER)
+        return self.primary is not None and self.primary.rule.group.defers
 
     @property
     def findings(self) -> list[Finding]:
@@ -801,80 +797,69 @@ def rating_for(category: str | None) -> str:
     return "not-appropriate" if category == UNA else "appropriate"  # MBA counts as appropriate (decision, 9.3)
 
 
-def assess(facts: Facts, thresholds: Thresholds) -> Assessment:
-    if facts.age is not None and facts.age < thresholds.adult_age:
-        return Assessment(facts, "no-criteria-apply", fired=["R-18"])
-    if not facts.indication:
-        return Assessment(facts, "no-criteria-apply", fired=["R-18"])
+def _run(rule: Rule, facts: Facts, thresholds: Thresholds, assessment: Assessment) -> Finding | None:
+    finding = rule.test(facts, thresholds, assessment)
+    if finding is not None:
+        finding.rule = rule
+    return finding
 
-    red_flags = [
-        finding
-        for rule in RULES
-        if rule.group in RED_FLAG_GROUPS
-        for finding in [rule.test(facts, thresholds)]
-        if finding is not None
-    ]
+
+def assess(facts: Facts, thresholds: Thresholds, rules: Sequence[Rule] = RULES) -> Assessment:
+    """Walk the rule table in precedence order. Red-flag groups are read whole (the first decides,
+    the others are named); in the other deciding groups the first rule that fires decides."""
+    assessment = Assessment(facts, "no-criteria-apply", fired=[RATING_RULE])
+    if facts.age is not None and facts.age < thresholds.adult_age:
+        return assessment  # adults only: paediatric back pain is another ACR topic
+    if not facts.indication:
+        return assessment  # not ordered for back pain: these criteria do not apply
+
+    red_flags: list[Finding] = []
+    primary: Finding | None = None
+    for group in (g for g in Group if g.decides):
+        members = [rule for rule in rules if rule.group is group]
+        if group.rules_out_deferral:
+            red_flags += [f for rule in members if (f := _run(rule, facts, thresholds, assessment))]
+            continue
+        if red_flags:
+            break
+        primary = next((f for rule in members if (f := _run(rule, facts, thresholds, assessment))), None)
+        if primary is not None:
+            break
+    others: list[Finding] = []
     if red_flags:
         primary, others = red_flags[0], red_flags[1:]
-    else:
-        others = []
-        primary = (
-            _repeat_imaging(facts, thresholds)
-            or _failed_care(facts, thresholds)
-            or _acute(facts, thresholds)
-            or _no_conservative_care(facts, thresholds)
-        )
-    assessment = Assessment(facts, "", primary=primary, other_red_flags=others)
-    assessment.variant = primary.rule.variant
+    if primary is None:
+        return assessment
+    assessment = Assessment(facts, primary=primary, other_red_flags=others, variant=primary.rule.variant)
     assessment.fired = [primary.rule.id] + [f.rule.id for f in others]
 
     study = facts.study
     if study is not None and study.contrast == "with":
-        category = UNA
-        assessment.fired.append("R-12")
-    elif primary.rule.group in (REPEAT, DEFER):
+        category: str | None = UNA
+        assessment.fired.append(CONTRAST_RULE)
+    elif primary.rule.group.defers:
         category = UNA
     elif not primary.rule.rated:
         category = None  # outside the low back pain criteria
+    elif assessment.variant is not None:
+        category = assessment.variant.mri_category(study.contrast if study else "without")
     else:
-        category = assessment.variant.mri_category(study.contrast if study else "without") if assessment.variant else UA
+        category = UA
     assessment.category = category
     assessment.rating = rating_for(category)
 
     if not assessment.deferred:
-        assessment.advice = _safety_findings(facts, thresholds, assessment)
-        assessment.fired += [f.rule.id for f in assessment.advice if f.rule.id not in assessment.fired]
-    assessment.fired.append("R-18")
+        for rule in (r for r in rules if r.group is Group.SAFETY):
+            if any(f.rule.id in rule.yields_to for f in assessment.advice):
+                continue
+            finding = _run(rule, facts, thresholds, assessment)
+            if finding is not None:
+                assessment.advice.append(finding)
+                if rule.id not in assessment.fired:
+                    assessment.fired.append(rule.id)
+    assessment.fired.append(RATING_RULE)
     _drop_repeated_proposals(assessment)
     return assessment
-
-
-def _safety_findings(facts: Facts, thresholds: Thresholds, assessment: Assessment) -> list[Finding]:
-    findings = []
-    for test in (
-        _implant,
-        _conditional_device,
-        _ct_for_bony_detail,
-        _gadolinium_pregnancy,
-        _gadolinium_kidney,
-        _claustrophobia,
-    ):
-        finding = test(facts, thresholds)
-        if finding is not None:
-            findings.append(finding)
-    gadolinium = any(f.rule.id in ("R-15", "R-16") for f in findings)  # they already suggest the plain study
-    if not gadolinium:
-        contrast = _contrast_choice(facts, thresholds)
-        no_contrast_reason = (
-            assessment.primary is not None
-            and assessment.primary.rule.id in ("R-10", "R-10b")
-            and not assessment.other_red_flags
-        )
-        if contrast is None and no_contrast_reason:
-            contrast = _contrast_choice_v3(facts, thresholds)
-        if contrast is not None:
-            findings.append(contrast)
-    return findings
 
 
 def _drop_repeated_proposals(assessment: Assessment) -> None:

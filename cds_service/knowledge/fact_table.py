@@ -1,0 +1,330 @@
+"""The fact table: every fact the rules read, one declaration each, in the order they are read.
+
+To add a fact: one `Fact` entry below (its sources: element, value sets, window, status policy;
+a `keep` test for a value or a body site; a `derive` step only to combine facts), and its value
+set file in value_sets/. The reader, the prefetch reading list and `cds-service evaluate` pick it
+up from here. A fact that another fact's `derive` reads must come before it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+from .facts import Element, Evidence, Fact, FactContext, Match, Source, Window, conditions, observations
+from .facts import orders_and_procedures as requests_or_procedures
+from .fhir_values import codings, concept_label, in_value_set, is_positive, is_raised, quantity_celsius, quantity_text
+from .statuses import INACTIVE_CLINICAL, StatusPolicy, clinical_status
+
+INDICATION = ("low-back-pain", "sciatica", "radiculopathy", "lumbar-disc", "lumbar-stenosis")
+PREGNANT = "77386006"  # SNOMED CT: Patient currently pregnant
+SEVERE = "24484000"  # SNOMED CT severity: Severe
+_SADDLE_WORDS = re.compile(r"saddle|perine|perian", re.IGNORECASE)
+_PROGRESSIVE = re.compile(r"progress|worsening", re.IGNORECASE)
+NEW_INJURY = {"window": Window.NEW, "lead": "red_flag_recent_days"}  # an injury just before the pain began counts
+
+
+# --- keep: a further test on a matched resource ---------------------------------------------------
+
+
+def _order_reason(match: Match) -> Evidence:
+    return match.evidence("Order reason: " + concept_label(match.concept, match.value_set))
+
+
+def _active_or_named_by_order(match: Match) -> Evidence | None:
+    """A resolved back-pain Condition still counts when the order names it as its reason."""
+    model = match.context.order_model
+    referenced = {ref.reference.split("/")[-1] for ref in (model.reasonReference or [])} if model else set()
+    if clinical_status(match.resource) in INACTIVE_CLINICAL and match.resource.id not in referenced:
+        return None
+    return match.evidence()
+
+
+def _saddle(match: Match) -> Evidence | None:
+    perineal = match.context.value_sets["perineal-body-site"]
+    condition = match.resource
+    saddle = any(
+        in_value_set(site, perineal) or _SADDLE_WORDS.search(site.text or "") for site in condition.bodySite or []
+    )
+    if not saddle and not _SADDLE_WORDS.search(getattr(condition.code, "text", None) or ""):
+        return None
+    return match.evidence("Saddle sensory loss: " + concept_label(condition.code, match.value_set))
+
+
+def _sciatica_side(match: Match) -> Evidence | None:
+    assert match.value_set is not None
+    coding = match.value_set.first_match(codings(match.concept))
+    side = match.value_set.extra.get("sides", {}).get(coding.code.upper().replace(" ", "")) if coding else None
+    return match.evidence(value=side) if side else None
+
+
+def _febrile(match: Match) -> Evidence | None:
+    quantity = match.resource.valueQuantity
+    degrees = quantity_celsius(quantity)
+    if degrees is None or degrees < match.context.thresholds.fever_celsius:
+        return None
+    shown = quantity_text(quantity)
+    if "cel" not in shown.lower() and "°c" not in shown.lower():
+        shown += f" ({degrees:.1f} °C)"
+    return match.evidence("Body temperature", shown)
+
+
+def _raised_marker(match: Match) -> Evidence | None:
+    observation = match.resource
+    if not is_raised(observation):
+        return None
+    shown = quantity_text(observation.valueQuantity) if observation.valueQuantity else "high"
+    return match.evidence(value=shown)
+
+
+def _pregnancy_status(match: Match) -> Evidence | None:
+    if not any(c.code == PREGNANT for c in codings(match.resource.valueCodeableConcept)):
+        return None
+    return match.evidence("Pregnancy status: pregnant")
+
+
+def _positive_hcg(match: Match) -> Evidence | None:
+    return match.evidence("Urine pregnancy test: positive") if is_positive(match.resource) else None
+
+
+def _egfr_value(match: Match) -> Evidence | None:
+    quantity = match.resource.valueQuantity
+    if quantity is None or quantity.value is None:
+        return None
+    return match.evidence("eGFR", quantity_text(quantity), float(quantity.value))
+
+
+def _device(match: Match, wanted: str) -> Evidence | None:
+    """A current device by MR safety: `wanted` is "conditional" or "unsafe" (unsafe or unknown)."""
+    device = match.resource
+    safety = match.context.value_sets["device-mr-safety"]
+    codes = {c.code for concept in (device.safety or []) for c in codings(concept)}
+    name = next((n.name for n in (device.deviceName or []) if n.name), None)
+    name = name or (concept_label(device.type) if device.type else "Implanted device")
+    if codes & set(safety.extra.get("safe", ())):
+        return None
+    conditional = bool(codes & set(safety.extra.get("conditional", ())))
+    if wanted == "conditional":
+        return match.evidence(name, "MR Conditional") if conditional else None
+    return None if conditional else match.evidence(name, "MR status not recorded as safe or conditional")
+
+
+# --- derive: facts that combine others ------------------------------------------------------------
+
+
+def _with_bilateral_sciatica(context: FactContext, found: list[Evidence]) -> list[Evidence]:
+    first_by_side: dict[str, Evidence] = {}
+    for evidence in context.facts.sciatica_side:
+        first_by_side.setdefault(evidence.value or "", evidence)
+    if "right" not in first_by_side or "left" not in first_by_side:
+        return found
+    dates = [e.when for e in first_by_side.values() if e.when]
+    left = first_by_side["left"]
+    return found + [
+        Evidence("Condition", left.id, "Bilateral sciatica (right and left recorded)", max(dates, default=None))
+    ]
+
+
+def _with_severe_weakness(context: FactContext, found: list[Evidence]) -> list[Evidence]:
+    """A weakness coded as severe, or documented as progressive, is a severe deficit."""
+    by_id = {e.id: e for e in context.facts.weakness}
+    for condition in context.record.conditions:
+        evidence = by_id.get(condition.id)
+        if evidence is None:
+            continue
+        words = " ".join(
+            filter(None, [getattr(condition.code, "text", None), *(c.display for c in codings(condition.code))])
+        )
+        if any(c.code == SEVERE for c in codings(condition.severity)) or _PROGRESSIVE.search(words):
+            found.append(evidence)
+    return found
+
+
+def _with_trauma_and_age(context: FactContext, found: list[Evidence]) -> list[Evidence]:
+    found = found + context.facts.recent_trauma
+    age, elderly = context.facts.age, context.thresholds.elderly_age
+    if age is not None and age >= elderly:
+        patient = context.record.patient
+        found.append(
+            Evidence("Patient", patient.id if patient else None, f"Age {age} (ACR 'elderly': {elderly} or older)")
+        )
+    return found
+
+
+def _latest_egfr_if_low(context: FactContext, found: list[Evidence]) -> list[Evidence]:
+    results = [e for e in found if e.resource_type == "Observation"]
+    latest = max(results, key=lambda e: e.when or date.min, default=None)
+    kept = [e for e in found if e.resource_type != "Observation"]
+    if latest is not None and latest.number is not None and latest.number < context.thresholds.egfr_low:
+        kept.append(latest)
+    return kept
+
+
+def _newest_first(context: FactContext, found: list[Evidence]) -> list[Evidence]:
+    return sorted(found, key=lambda e: e.when or date.min, reverse=True)
+
+
+FACTS: tuple[Fact, ...] = (
+    # indication and episode (clinical specification 6.1): the episode starts at the earliest dated one
+    Fact(
+        "indication",
+        "low back pain, sciatica, radiculopathy, disc or stenosis: the order's reason or an active Condition",
+        (
+            Source(Element.ORDER_REASON, INDICATION, status=StatusPolicy.EVER, keep=_order_reason),
+            conditions(*INDICATION, status=StatusPolicy.EVER, keep=_active_or_named_by_order),
+        ),
+    ),
+    # red flags (clinical specification 4)
+    Fact("cauda_equina", "coded cauda equina syndrome", (conditions("cauda-equina"),)),
+    Fact("sciatica_side", "sciatica coded with its side", (conditions("bilateral-sciatica", keep=_sciatica_side),)),
+    Fact(
+        "ces_signs",
+        "new bladder or bowel dysfunction, saddle sensory loss, bilateral sciatica",
+        (
+            conditions("bladder-bowel-dysfunction", window=Window.NEW),
+            conditions("saddle-sensory-loss", window=Window.NEW, keep=_saddle),
+        ),
+        derive=_with_bilateral_sciatica,
+    ),
+    Fact("weakness", "new motor weakness or foot drop", (conditions("motor-weakness", window=Window.NEW),)),
+    Fact(
+        "severe_deficit",
+        "new severe or progressive neurological deficit",
+        (conditions("severe-neuro-deficit", window=Window.NEW),),
+        derive=_with_severe_weakness,
+    ),
+    Fact("cancer", "cancer, active or history", (conditions("malignancy", status=StatusPolicy.CURRENT_OR_HISTORY),)),
+    Fact("spinal_metastasis", "spinal metastasis", (conditions("spinal-metastasis"),)),
+    Fact(
+        "weight_loss",
+        "unexplained weight loss in the last year",
+        (conditions("weight-loss", window=Window.LOOKBACK, lookback=365),),
+    ),
+    Fact("spinal_infection", "known spinal infection", (conditions("spinal-infection"),)),
+    Fact(
+        "fever",
+        "fever: coded, or a febrile temperature",
+        (
+            conditions("fever", window=Window.LOOKBACK, lookback="infection_signs_lookback_days"),
+            observations(
+                "body-temperature",
+                window=Window.LOOKBACK,
+                lookback="infection_signs_lookback_days",
+                keep=_febrile,
+                values=("valueQuantity",),
+                read_at_or_above="fever_celsius",
+            ),
+        ),
+    ),
+    Fact("iv_drug_use", "IV drug use", (conditions("iv-drug-use"),)),
+    Fact(
+        "recent_infection",
+        "recent systemic infection",
+        (conditions("recent-infection", window=Window.LOOKBACK, lookback="recent_infection_days"),),
+    ),
+    Fact("sepsis", "recent sepsis", (conditions("sepsis", window=Window.LOOKBACK, lookback="recent_infection_days"),)),
+    Fact(
+        "raised_markers",
+        "raised ESR or CRP",
+        (
+            observations(
+                "inflammatory-markers",
+                window=Window.LOOKBACK,
+                lookback="infection_signs_lookback_days",
+                keep=_raised_marker,
+                values=("valueQuantity", "interpretation", "referenceRange"),
+            ),
+        ),
+    ),
+    Fact("immunosuppression", "immunosuppression", (conditions("immunosuppression"),)),
+    Fact("recent_trauma", "recent low-velocity trauma", (conditions("low-velocity-trauma", **NEW_INJURY),)),
+    Fact("major_trauma", "recent high-energy trauma", (conditions("high-energy-trauma", **NEW_INJURY),)),
+    Fact("axial_spa", "axial spondyloarthritis", (conditions("axial-spondyloarthritis"),)),
+    Fact(
+        "fracture_risk",
+        "osteoporosis, chronic steroids, recent trauma or elderly age",
+        (conditions("fracture-risk"),),
+        derive=_with_trauma_and_age,
+    ),
+    Fact("vertebral_fracture", "vertebral fracture", (conditions("vertebral-fracture"),)),
+    Fact(
+        "lumbar_surgery",
+        "lumbar spine surgery (procedure, or post-surgical state)",
+        (Source(Element.PROCEDURE_CODE, ("lumbar-surgery",)), conditions("lumbar-surgery", status=StatusPolicy.EVER)),
+    ),
+    # management and history (clinical specification 6.2, 6.3)
+    Fact(
+        "conservative_care",
+        "conservative care in this episode",
+        requests_or_procedures("conservative-care", window=Window.EPISODE),
+    ),
+    Fact(
+        "candidacy",
+        "surgery referral or planned injection in this episode",
+        requests_or_procedures("intervention-candidacy", window=Window.EPISODE),
+    ),
+    Fact(
+        "prior_imaging",
+        "lumbar MRI or CT done within the repeat-imaging window",
+        requests_or_procedures(
+            "order-mri-lumbar-spine",
+            "order-ct-lumbar-spine",
+            window=Window.LOOKBACK,
+            lookback="repeat_imaging_days",
+            status=StatusPolicy.PERFORMED,
+            dated_only=True,
+        ),
+        derive=_newest_first,
+    ),
+    # MRI safety and contrast (clinical specification 5)
+    Fact(
+        "implants",
+        "implant whose MR status is unsafe or unknown",
+        (conditions("mr-implant"), Source(Element.DEVICE, keep=lambda match: _device(match, "unsafe"))),
+    ),
+    Fact(
+        "conditional_devices",
+        "MR Conditional device",
+        (Source(Element.DEVICE, keep=lambda match: _device(match, "conditional")),),
+    ),
+    Fact("claustrophobia", "claustrophobia", (conditions("claustrophobia"),)),
+    Fact(
+        "pregnancy",
+        "pregnancy: coded, a pregnancy status or a positive urine hCG",
+        (
+            conditions("pregnancy"),
+            observations(
+                "pregnancy-status",
+                window=Window.LOOKBACK,
+                lookback="pregnancy_lookback_days",
+                keep=_pregnancy_status,
+                values=("valueCodeableConcept",),
+            ),
+            observations(
+                "hcg-urine",
+                window=Window.LOOKBACK,
+                lookback="pregnancy_lookback_days",
+                keep=_positive_hcg,
+                values=("valueCodeableConcept", "valueString", "valueBoolean", "interpretation"),
+            ),
+        ),
+    ),
+    Fact(
+        "low_egfr",
+        "eGFR below the threshold (latest result), CKD 4-5, dialysis or recent acute kidney injury",
+        (
+            conditions("severe-kidney-disease"),
+            conditions("acute-kidney-injury", window=Window.LOOKBACK, lookback="aki_lookback_days"),
+            observations(
+                "egfr",
+                window=Window.LOOKBACK,
+                lookback="egfr_lookback_days",
+                keep=_egfr_value,
+                values=("valueQuantity",),
+                contrast_orders_only=True,
+            ),
+        ),
+        derive=_latest_egfr_if_low,
+    ),
+)
+FACTS_BY_NAME = {fact.name: fact for fact in FACTS}

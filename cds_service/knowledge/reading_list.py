@@ -1,0 +1,200 @@
+"""The prefetch reading list: which resources the rules read, derived from the fact declarations.
+
+A resource is typed (given an R4B model) only when one of its codes is in a value set that a fact
+reads from that resource type and, where the fact looks back a fixed time, it is recent enough.
+Everything else in a large chart is counted and skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from .facts import OBSERVATION_BASE, Fact, Window
+from .units import celsius
+from .value_sets import _SYSTEM_ALIASES, HasCoding, ValueSet, normalise
+
+EVERYTHING: frozenset[str] = frozenset({"*"})  # the rules may read any element of the resource
+CHECKED: frozenset[str] = frozenset()  # matched and looked at, but it cannot change a decision: not read
+
+
+class _Quantity(msgspec.Struct):
+    value: float | None = None
+    unit: str | None = None
+    code: str | None = None
+
+
+_quantity = msgspec.json.Decoder(_Quantity)
+
+
+@dataclass
+class ReadPlan:
+    """How one value set is read, merged over every fact source that names it."""
+
+    resource_types: set[str] = field(default_factory=set)
+    lookbacks: list[str | int | None] = field(default_factory=list)  # None: some source reads any date
+    elements: set[str] | None = field(default_factory=set)  # None: every element the rules read
+    floor: str | None = None  # a Thresholds field: values below it are checked, not read
+    contrast_only: bool = True
+
+    def lookback_days(self, thresholds: Any) -> int | None:
+        """The loosest window of the sources (a fixed window only when every source has one)."""
+        if not self.lookbacks or None in self.lookbacks:
+            return None
+        return max(v if isinstance(v, int) else int(getattr(thresholds, str(v))) for v in self.lookbacks)
+
+
+def read_plans(facts: Sequence[Fact]) -> dict[str, ReadPlan]:
+    plans: dict[str, ReadPlan] = {}
+    for fact in facts:
+        for source in fact.sources:
+            if not source.element.from_record:
+                continue
+            for value_set_id in source.value_sets:
+                plan = plans.setdefault(value_set_id, ReadPlan())
+                plan.resource_types.add(source.element.resource_type)
+                plan.lookbacks.append(source.lookback if source.window is Window.LOOKBACK else None)
+                if source.values is None or plan.elements is None:
+                    plan.elements = None
+                else:
+                    plan.elements |= {*OBSERVATION_BASE, *source.values}
+                plan.floor = source.read_at_or_above
+                plan.contrast_only = plan.contrast_only and source.contrast_orders_only
+    return plans
+
+
+class ReadingList:
+    """Which resources the rules read: a resource is kept when one of its codes is in a value set
+    a fact reads from its resource type and, for value sets with a look-back window, it is recent
+    enough. (Patients and Devices are read whatever their codes: resource_types.py.)
+
+    Called for every resource of a large record, so the value sets are merged into one index per
+    resource type: a dict lookup per coding, and one `startswith` with a tuple for ICD families."""
+
+    def __init__(self, value_sets: Mapping[str, ValueSet], facts: Sequence[Fact]) -> None:
+        self._value_sets = value_sets
+        self._plans = read_plans(facts)
+        self._cutoffs: dict[str, str] = {}  # value set id -> earliest ISO date still read
+        self._floors: dict[str, float] = {}  # value set id -> lowest value still read
+        self._within: dict[tuple[Any, ...], ReadingList] = {}
+        # resource type -> (system, code) -> value set ids; and system -> [(prefix, id)], [(low, high, id)]
+        self._codes: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
+        self._prefixes: dict[str, dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]]] = {}
+        self._ranges: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
+        for value_set_id, plan in self._plans.items():
+            value_set = value_sets[value_set_id]
+            for resource_type in sorted(plan.resource_types):
+                codes = self._codes.setdefault(resource_type, {})
+                for key in value_set.codes:
+                    codes[key] = codes.get(key, ()) + (value_set.id,)
+                prefixes = self._prefixes.setdefault(resource_type, {})
+                for system, values in value_set.prefixes.items():
+                    _, pairs = prefixes.get(system, ((), []))
+                    pairs = pairs + [(prefix, value_set.id) for prefix in values]
+                    prefixes[system] = (tuple(prefix for prefix, _ in pairs), pairs)
+                ranges = self._ranges.setdefault(resource_type, {})
+                for system, values in value_set.ranges.items():
+                    ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in values)
+        self._elements = {
+            value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
+        }
+        self._family_systems = {system for index in self._prefixes.values() for system in index} | {
+            system for index in self._ranges.values() for system in index
+        }
+        self._systems = (
+            {system for index in self._codes.values() for system, _ in index}
+            | {system for index in self._prefixes.values() for system in index}
+            | {system for index in self._ranges.values() for system in index}
+        )
+
+    def _value_counts(self, value_set_id: str, value: Any) -> bool:
+        """For value sets read only at or above a threshold (`Source.read_at_or_above`)."""
+        floor = self._floors.get(value_set_id)
+        if floor is None:
+            return True
+        try:
+            quantity = _quantity.decode(value) if isinstance(value, (bytes, msgspec.Raw)) else None
+        except msgspec.DecodeError:
+            return True  # an odd value: let the typed model and the rules judge it
+        if quantity is None:
+            return True
+        degrees = celsius(quantity.value, quantity.code, quantity.unit)
+        return degrees is None or degrees >= floor
+
+    def within(self, now: datetime, thresholds: Any, contrast_ordered: bool = True) -> ReadingList:
+        """The same list for one call: each value set's look-back window (`lookbackThreshold`) applied
+        at `now`, and value sets read only for contrast orders (`readWhen`) left out when none is.
+        Windows are whole days, so one list serves a whole day."""
+        key = (now.date(), thresholds, contrast_ordered)
+        cached = self._within.get(key)
+        if cached is None:
+            if len(self._within) > 8:
+                self._within.clear()
+            cached = self._within[key] = self._make_within(now, thresholds, contrast_ordered)
+        return cached
+
+    def _make_within(self, now: datetime, thresholds: Any, contrast_ordered: bool) -> ReadingList:
+        clone = object.__new__(ReadingList)
+        clone.__dict__.update(self.__dict__)
+        clone._cutoffs = {}
+        clone._floors = {}
+        for value_set_id, plan in self._plans.items():
+            days = plan.lookback_days(thresholds)
+            if days is not None and "Observation" in plan.resource_types:  # only Observations are dated here
+                clone._cutoffs[value_set_id] = (now - timedelta(days=days)).date().isoformat()
+            if plan.contrast_only and not contrast_ordered:
+                clone._cutoffs[value_set_id] = "9999-12-31"  # nothing is recent enough: not read
+            if plan.floor:
+                clone._floors[value_set_id] = float(getattr(thresholds, plan.floor))
+        return clone
+
+    def _value_set_ids(self, resource_type: str, key: tuple[str, str]) -> Iterable[str]:
+        ids = self._codes.get(resource_type, {}).get(key, ())
+        system, code = key
+        if system not in self._family_systems:
+            return ids
+        prefixes, pairs = self._prefixes.get(resource_type, {}).get(system, ((), ()))
+        if prefixes and code.startswith(prefixes):
+            ids += tuple(value_set_id for prefix, value_set_id in pairs if code.startswith(prefix))
+        for low, high, value_set_id in self._ranges.get(resource_type, {}).get(system, ()):
+            if low <= code[:3] <= high:
+                ids += (value_set_id,)
+        return ids
+
+    def reads(
+        self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None, value: Any = None
+    ) -> frozenset[str] | None:
+        """The elements the rules read from this resource (EVERYTHING when a value set does not
+        narrow them); CHECKED when it matched but cannot change a decision; None when the rules
+        do not read it at all."""
+        index = self._codes.get(resource_type)
+        if index is None:
+            return None
+        elements: frozenset[str] | None = None
+        for coding in codings:
+            system, code = coding.system, coding.code
+            if not code:
+                continue
+            if system not in self._systems:
+                system = _SYSTEM_ALIASES.get(system or "")
+                if system is None:
+                    continue  # local and proprietary code systems: by far most codings in a real chart
+            if system in self._family_systems:  # ICD-10-CM: punctuation-free codes, families by prefix
+                key = normalise(system, code)
+                ids = self._value_set_ids(resource_type, key) if key else ()
+            else:
+                ids = index.get((system, code.strip()), ())
+            for value_set_id in ids:
+                cutoff = self._cutoffs.get(value_set_id)
+                # ISO dates compare as strings; an undated resource is always read
+                if cutoff is None or when is None or when[:10] >= cutoff:
+                    if not self._value_counts(value_set_id, value):
+                        elements = CHECKED if elements is None else elements
+                        continue
+                    narrowed = self._elements.get(value_set_id, EVERYTHING)
+                    elements = narrowed if elements is None else elements | narrowed
+        return elements

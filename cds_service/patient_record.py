@@ -1,0 +1,278 @@
+"""The patient record: the request's prefetch, completed from the EHR's FHIR server.
+
+Per prefetch key (CDS Hooks 2.0, "Prefetch Template"):
+  present        -> used (a searchset's `next` pages are fetched too)
+  `null`         -> the query ran and found nothing
+  absent, or an OperationOutcome -> fetched from fhirServer with fhirAuthorization, if allowed
+When a key can be had neither way, the service's failure policy decides: FAIL (412) or OMIT.
+
+Speed: every resource is decoded once into a slim wire struct (protocol/fhir.py); only the
+resources the rules read (the reading list) are then given typed R4B models (fhir_models.py).
+Resources that never count (knowledge/statuses.py) and resources of another patient are dropped
+here, before any rule sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+
+from .configuration import PrefetchFailurePolicy, Settings
+from .fhir_client import ConnectionPools, FetchResult, FhirClient, is_allowed
+from .fhir_models import EVERYTHING, projection, typed_model
+from .knowledge.reading_list import ReadingList
+from .protocol import CdsError, HookRequest
+from .protocol.fhir import NULL, MalformedData, WireResource, decode_value
+from .resource_types import BUCKETS, RESOURCE_TYPES
+from .services import ServiceDefinition, render_template
+
+log = logging.getLogger(__name__)
+ClientFactory = Callable[..., FhirClient]
+
+
+@dataclass
+class PatientRecord:
+    """The typed resources the rules read, one list per resource type (RESOURCE_TYPES' buckets:
+    `record.conditions`, `record.observations`, ...), and how each prefetch key was obtained."""
+
+    patient_id: str
+    patient: Any | None = None  # fhir.resources R4B Patient
+    resources: dict[str, list[Any]] = field(default_factory=lambda: {name: [] for name in RESOURCE_TYPES})
+    # prefetch key -> "prefetch" | "fetched" | "empty" | "unavailable"
+    sources: dict[str, str] = field(default_factory=dict)
+    data_quality: list[str] = field(default_factory=list)  # no values, only what was repaired or dropped
+    seen: int = 0  # resources decoded
+    kept: int = 0  # resources given typed models
+    checked: int = 0  # matched the reading list, looked at, but could not change a decision (not typed)
+
+    def __getattr__(self, bucket: str) -> list[Any]:
+        entry = BUCKETS.get(bucket)
+        if entry is None:
+            raise AttributeError(bucket)
+        return self.__dict__["resources"][entry.name]  # type: ignore[no-any-return]
+
+    @property
+    def fallback_used(self) -> bool:
+        return "fetched" in self.sources.values()
+
+    @property
+    def unavailable(self) -> list[str]:
+        return [key for key, source in self.sources.items() if source == "unavailable"]
+
+    def add(self, resource_type: str, model: Any) -> None:
+        self.kept += 1
+        if resource_type == "Patient":
+            self.patient = model
+        else:
+            self.resources[resource_type].append(model)
+
+    def merge(self, part: PatientRecord) -> None:
+        """Add what a fetching thread read from one page."""
+        self.patient = part.patient or self.patient
+        for name, models in part.resources.items():
+            self.resources[name] += models
+        self.data_quality += part.data_quality
+        self.seen += part.seen
+        self.kept += part.kept
+        self.checked += part.checked
+
+
+def build_record(
+    request: HookRequest,
+    service: ServiceDefinition,
+    settings: Settings,
+    reading_list: ReadingList,
+    client_factory: ClientFactory = FhirClient,
+    sessions: ConnectionPools | None = None,
+) -> PatientRecord:
+    """The patient record for `request`; raises CdsError(400 or 412) when it cannot be built."""
+    record = PatientRecord(patient_id=request.context.patientId)
+    prefetch = request.prefetch or {}
+    bodies: dict[str, list[WireResource | PatientRecord]] = {}  # prefetch values; pages already read
+    to_fetch: dict[str, str] = {}
+    missing: dict[str, str] = {}  # key -> why its data cannot be had
+    context = msgspec.structs.asdict(request.context)
+
+    for key, template in service.prefetch.items():
+        present = key in prefetch
+        raw = prefetch.get(key)
+        if present:
+            if raw is None or raw == NULL:
+                record.sources[key] = "empty"
+                continue
+            try:
+                value = raw if isinstance(raw, WireResource) else decode_value(raw)
+                if not value.resourceType:
+                    raise MalformedData("", "not a FHIR resource (no resourceType)")
+            except MalformedData as bad:
+                where = f"prefetch.{key}{bad.where}"
+                raise CdsError(400, f"Invalid prefetch data at {where}: {bad.message}", expression=[where]) from None
+            if value.resourceType != "OperationOutcome":
+                bodies[key] = [value]
+                record.sources[key] = "prefetch"
+                next_url = value.next_url()
+                if next_url is not None:
+                    to_fetch[key] = next_url  # the client paginated its prefetch: fetch the rest
+                continue
+            # an OperationOutcome: the client could not run the query; try it ourselves
+        query = render_template(template, context)
+        if query is None:
+            missing[key] = "the prefetch template could not be filled from the context"
+        else:
+            to_fetch[key] = query
+
+    if to_fetch:
+        reader = _page_reader(reading_list, record.patient_id)
+        fetched, failures = _fetch(request, settings, to_fetch, client_factory, sessions, reader)
+        for key, result in fetched.items():
+            bodies.setdefault(key, []).extend(result.pages)
+            record.sources.setdefault(key, "fetched")
+        missing.update(failures)
+    for key in missing:
+        bodies.pop(key, None)  # incomplete data is no data: a missing page may hold the red flag
+    _apply_failure_policy(service, missing, record)
+
+    for values in bodies.values():
+        for value in values:
+            if isinstance(value, PatientRecord):
+                record.merge(value)
+            elif value.resourceType != "OperationOutcome":
+                _read_value(value, record, reading_list)
+    return record
+
+
+def _page_reader(reading_list: ReadingList, patient_id: str) -> Callable[[bytes], tuple[PatientRecord, str | None]]:
+    """Reads a FHIR server's answer in the fetching thread, while other keys still wait on the
+    network: decoded once, the resources the rules read typed, and its `next` link."""
+
+    def read(body: bytes) -> tuple[PatientRecord, str | None]:
+        try:
+            value = decode_value(body)
+        except MalformedData as bad:
+            raise ValueError(bad.message) from None
+        part = PatientRecord(patient_id=patient_id)
+        if value.resourceType != "OperationOutcome":
+            _read_value(value, part, reading_list)
+        return part, value.next_url()
+
+    return read
+
+
+def _fetch(
+    request: HookRequest,
+    settings: Settings,
+    queries: dict[str, str],
+    client_factory: ClientFactory,
+    sessions: ConnectionPools | None,
+    reader: Callable[[bytes], tuple[Any, str | None]],
+) -> tuple[dict[str, FetchResult], dict[str, str]]:
+    if not request.fhirServer:
+        return {}, {key: "the request has no fhirServer to fetch it from" for key in queries}
+    if request.fhirAuthorization is None:
+        return {}, {key: "the request has no fhirAuthorization for fetching it" for key in queries}
+    if not is_allowed(request.fhirServer, settings.fhir_server_allowlist):
+        log.warning("fhir fallback refused: fhirServer is not on CDS_FHIR_SERVER_ALLOWLIST")
+        return {}, {key: "the fhirServer is not on this service's allowlist" for key in queries}
+    client = client_factory(
+        request.fhirServer,
+        request.fhirAuthorization.access_token,
+        allowlist=settings.fhir_server_allowlist,
+        budget_seconds=settings.fhir_budget_seconds,
+        max_pages=settings.fhir_max_pages,
+        max_response_bytes=settings.fhir_max_response_bytes,
+        pools=sessions,
+        parse=reader,
+    )
+    return client.fetch_all(queries)
+
+
+def _apply_failure_policy(service: ServiceDefinition, missing: dict[str, str], record: PatientRecord) -> None:
+    fatal = {key: reason for key, reason in missing.items() if service.policy_for(key) is PrefetchFailurePolicy.FAIL}
+    for key in missing:
+        record.sources[key] = "unavailable"
+    if fatal:
+        keys = sorted(fatal)
+        issues = [
+            {"severity": "error", "code": "not-found", "diagnostics": f"{key}: {fatal[key]}", "expression": [key]}
+            for key in keys
+        ]
+        raise CdsError(
+            412,
+            "Patient data needed for this decision could not be obtained from prefetch or the FHIR server: "
+            + ", ".join(keys),
+            code="not-found",
+            expression=keys,
+            issues=issues,
+        )
+
+
+def _read_value(value: WireResource, record: PatientRecord, reading_list: ReadingList) -> None:
+    if value.resourceType != "Bundle":
+        _read_resource(value, record, reading_list)
+        return
+    for entry in value.entry:
+        if entry.resource is None or (entry.search is not None and entry.search.mode == "outcome"):
+            continue  # e.g. "parameter ignored" warnings that servers put inside searchsets
+        _read_resource(entry.resource, record, reading_list)
+
+
+def _read_resource(resource: WireResource, record: PatientRecord, reading_list: ReadingList) -> None:
+    kind = RESOURCE_TYPES.get(resource.resourceType)
+    if kind is None:
+        return
+    record.seen += 1
+    never = kind.never_count
+    if resource.status is not None and resource.status in never.get("status", ()):
+        return
+    if kind.always_read:
+        elements: frozenset[str] | None = EVERYTHING
+    else:
+        codings = resource.code.coding if resource.code else ()
+        if kind.name == "Observation":
+            elements = reading_list.reads(kind.name, codings, resource.when, resource.valueQuantity)
+        else:
+            elements = reading_list.reads(kind.name, codings)
+        if not elements:
+            if elements is not None:
+                record.checked += 1
+            return
+    try:
+        data = projection(resource, elements)
+    except orjson.JSONDecodeError:  # cannot happen for JSON msgspec has scanned; never crash on it
+        record.data_quality.append(f"{kind.name}: could not be read and was ignored")
+        return
+    if any(_has_code(data.get(element), codes) for element, codes in never.items() if element != "status"):
+        return
+    if not _belongs_to(kind.name, kind.patient_element, data, record.patient_id):
+        record.data_quality.append(f"{kind.name} for another patient ignored")
+        return
+    model = typed_model(kind.name, data, record.patient_id, record.data_quality)
+    if model is not None:
+        record.add(kind.name, model)
+
+
+def _has_code(concept: Any, codes: frozenset[str]) -> bool:
+    if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
+        return False
+    return any(isinstance(c, dict) and c.get("code") in codes for c in concept["coding"])
+
+
+def _referenced_patient(reference: Any) -> str | None:
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    parts = reference["reference"].split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "Patient":
+        return parts[-1]
+    return None
+
+
+def _belongs_to(resource_type: str, element: str | None, data: dict[str, Any], patient_id: str) -> bool:
+    if element is None:  # the Patient itself
+        return data.get("id") in (None, patient_id)
+    other = _referenced_patient(data.get(element))
+    return other is None or other == patient_id
