@@ -41,6 +41,12 @@ SELECT = "/cds-services/lumbar-mri-order-select"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 
 
+def stub_port(stub: subprocess.Popen[str]) -> int:
+    """The port the FHIR stub printed on its first line."""
+    assert stub.stdout is not None
+    return int(stub.stdout.readline())
+
+
 def percentile(values, q):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -112,7 +118,7 @@ def bench_w3(tmp: Path) -> dict:
         [sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "20", str(bodies)], stdout=subprocess.PIPE, text=True
     )
     try:
-        base = f"http://127.0.0.1:{int(stub.stdout.readline())}/fhir"
+        base = f"http://127.0.0.1:{int(stub_port(stub))}/fhir"
         request["fhirServer"] = base
         request["fhirAuthorization"] = {
             "access_token": "bench-token",
@@ -199,8 +205,11 @@ def load_wrk(port: int, body_file: Path) -> tuple[float, float]:
         text=True,
         check=True,
     ).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()
+    rate_match, p99_match = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    if rate_match is None or p99_match is None:
+        raise SystemExit(f"wrk printed no rate or p99:\n{out}")
+    rate = float(rate_match.group(1))
+    value, unit = p99_match.groups()
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
@@ -254,7 +263,7 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
             port = free_port()
             servers[name] = (port, start_gunicorn(app_path, port, env, ROOT / "bench"))
             load(port, body_file)  # warm-up
-        results = {"echo": [], "service": []}
+        results: dict[str, list[tuple[float, float]]] = {"echo": [], "service": []}
         for _ in range(rounds):
             for name in ("echo", "service"):
                 results[name].append(load(servers[name][0], body_file))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
 LOINC = "http://loinc.org"
@@ -161,7 +162,7 @@ def record(n_observations: int, n_conditions: int, n_requests: int, now: datetim
     ]
     for index in range(n_conditions - 1):
         code, display = CHRONIC[index % len(CHRONIC)]
-        condition = {
+        condition: dict[str, Any] = {
             "resourceType": "Condition",
             "id": f"cond-{index}",
             "subject": subject,

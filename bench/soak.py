@@ -38,6 +38,12 @@ ISSUER = "https://soak-client.example.org"
 KEY = ec.generate_private_key(ec.SECP384R1())
 
 
+def stub_port(stub: subprocess.Popen[str]) -> int:
+    """The port the FHIR stub printed on its first line."""
+    assert stub.stdout is not None
+    return int(stub.stdout.readline())
+
+
 def free_port() -> int:
     import socket
 
@@ -126,7 +132,7 @@ def main() -> None:
     stub = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "5", str(bodies)], stdout=subprocess.PIPE, text=True
     )
-    stub_base = f"http://127.0.0.1:{int(stub.stdout.readline())}/fhir"
+    stub_base = f"http://127.0.0.1:{int(stub_port(stub))}/fhir"
     port = free_port()
     env = {
         **os.environ,
@@ -215,7 +221,7 @@ def drive(port: int, mix: list, master: int) -> dict:
             response.read()
             status = response.status
         except OSError as exc:
-            status = f"{type(exc).__name__}"
+            status = type(exc).__name__  # type: ignore[assignment]  # an error, counted as its name
         finally:
             connection.close()
         elapsed = time.perf_counter() - started

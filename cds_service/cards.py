@@ -231,7 +231,7 @@ class Presenter:
                 }
             ]
         elif proposal.kind == "replace-study":
-            site = self.site_codes[proposal.value][0]
+            site = self.site_codes[str(proposal.value)][0]
             category = _category_of(site, assessment)
             resource = self.rated_copy(order, rating_for(category), category)
             resource["code"] = {"coding": [dict(site["coding"])], "text": site["coding"]["display"]}
@@ -249,7 +249,7 @@ class Presenter:
                         "description": f"Order {o['coding']['display']}",
                         "resource": self._new_order(o, order),
                     }
-                    for o in self.site_codes[proposal.value]
+                    for o in self.site_codes[str(proposal.value)]
                 ]
         elif proposal.kind == "add-orders":
             actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
@@ -259,7 +259,7 @@ class Presenter:
                     "description": f"Order {o['coding']['display']}",
                     "resource": self._new_order(o, order),
                 }
-                for o in self.site_codes[proposal.value]
+                for o in self.site_codes[str(proposal.value)]
             ]
         else:  # pragma: no cover - a rule proposing an unknown kind is a programming error
             raise ValueError(proposal.kind)

@@ -99,6 +99,14 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _threshold(name: str, default: Any, raw: str) -> int | float:
+    try:
+        return int(raw) if isinstance(default, int) else float(raw)
+    except ValueError:
+        kind = "a whole number" if isinstance(default, int) else "a number"
+        raise ValueError(f"{name}: expected {kind}, for example {default}") from None
+
+
 # environment variable -> (Settings field, parser)
 _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_DATABASE_URL": ("database_url", str),
@@ -138,7 +146,7 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
     for threshold in dataclasses.fields(Thresholds):
         raw = environ.get(_THRESHOLD_PREFIX + threshold.name.upper(), "")
         if raw != "":
-            thresholds[threshold.name] = type(threshold.default)(raw)
+            thresholds[threshold.name] = _threshold(_THRESHOLD_PREFIX + threshold.name.upper(), threshold.default, raw)
     if thresholds:
         values["thresholds"] = Thresholds(**thresholds)
     parsers = {attr: parse for attr, parse in _ENVIRONMENT.values()}

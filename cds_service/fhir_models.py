@@ -56,13 +56,14 @@ def draft_order_model(order: dict[str, Any], patient_id: str, notes: list[str]) 
 def typed_model(resource_type: str, data: dict[str, Any], patient_id: str, notes: list[str]) -> Any | None:
     """The R4B model of `data`. Invalid elements are dropped (and noted) rather than the resource."""
     model = RESOURCE_TYPES[resource_type].model
+    errors: list[Any]
     for _ in range(4):
         try:
             return model.model_validate(data)  # type: ignore[attr-defined]
         except ValidationError as exc:
             errors = exc.errors()
         except (KeyError, TypeError, ValueError):  # fhir.resources raises KeyError for unknown contained types
-            errors = [{"loc": ("contained",), "type": "unknown_resource_type"}]  # type: ignore[list-item]
+            errors = [{"loc": ("contained",), "type": "unknown_resource_type"}]
         repaired = 0
         for error in sorted(errors, key=lambda e: [str(p) for p in e.get("loc", ())], reverse=True):
             loc = tuple(error.get("loc") or ())

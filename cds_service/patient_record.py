@@ -54,7 +54,8 @@ class PatientRecord:
         entry = BUCKETS.get(bucket)
         if entry is None:
             raise AttributeError(bucket)
-        return self.__dict__["resources"][entry.name]  # type: ignore[no-any-return]
+        resources: dict[str, list[Any]] = self.__dict__["resources"]
+        return resources[entry.name]
 
     @property
     def fallback_used(self) -> bool:
@@ -138,11 +139,11 @@ def build_record(
     _apply_failure_policy(service, missing, record)
 
     for values in bodies.values():
-        for value in values:
-            if isinstance(value, PatientRecord):
-                record.merge(value)
-            elif value.resourceType != "OperationOutcome":
-                _read_value(value, record, reading_list)
+        for body in values:
+            if isinstance(body, PatientRecord):
+                record.merge(body)
+            elif body.resourceType != "OperationOutcome":
+                _read_value(body, record, reading_list)
     return record
 
 
@@ -229,18 +230,17 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
     never = kind.never_count
     if resource.status is not None and resource.status in never.get("status", ()):
         return
-    if kind.always_read:
-        elements: frozenset[str] | None = EVERYTHING
-    else:
-        codings = resource.code.coding if resource.code else ()
+    elements: frozenset[str] | None = EVERYTHING
+    if not kind.always_read:
+        codings = resource.code.coding if resource.code else []
         if kind.name == "Observation":
             elements = reading_list.reads(kind.name, codings, resource.when, resource.valueQuantity)
         else:
             elements = reading_list.reads(kind.name, codings)
-        if not elements:
-            if elements is not None:
-                record.checked += 1
-            return
+    if not elements:
+        if elements is not None:
+            record.checked += 1
+        return
     try:
         data = projection(resource, elements)
     except orjson.JSONDecodeError:  # cannot happen for JSON msgspec has scanned; never crash on it

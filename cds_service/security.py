@@ -135,6 +135,8 @@ class TrustedIssuer:
             jku = self.jku[0]
         if jku not in self.jku:
             raise AuthError("jku not allowed for this issuer")
+        if self.clients is None or not isinstance(kid, str):
+            raise AuthError("no kid, or no JWK Set client for this issuer")
         try:
             return self.clients[jku].get_signing_key(kid)
         except PyJWKClientConnectionError as exc:
@@ -228,7 +230,8 @@ class Authenticator:
             raise AuthError("typ is not JWT")
         if not isinstance(header.get("kid"), str):
             raise AuthError("no kid")
-        issuer = self.issuers.get(unverified.get("iss")) if isinstance(unverified.get("iss"), str) else None
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise AuthError(f"unknown issuer {str(unverified.get('iss'))[:100]!r}")
         key = issuer.key_for(header)

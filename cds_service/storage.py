@@ -168,15 +168,18 @@ class Store:
     def _insert_ignoring_duplicates(self, table: Table, key: str = "entry_key"):
         """INSERT ... ON CONFLICT DO NOTHING RETURNING key: a row back means it was new. (rowcount
         is not reliable here: psycopg reports -1.)"""
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        statement: Any
         if self.engine.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
+            statement = sqlite.insert(table)
         elif self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            statement = postgresql.insert(table)
         else:  # pragma: no cover - other databases: plain insert, duplicates raise
             from sqlalchemy import insert
 
             return insert(table).returning(table.c[key])
-        return insert(table).on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
+        return statement.on_conflict_do_nothing(index_elements=[key]).returning(table.c[key])
 
     # --- feedback ---------------------------------------------------------------------------
     def add_feedback(self, service_id: str, rows: Iterable[dict[str, Any]]) -> tuple[int, int]:

@@ -49,14 +49,15 @@ class Knowledge:
         contrast: Mapping[str, str] = mri.extra.get("contrast", {})
         for coding in codings_of(order.get("code")):
             system, code = coding.get("system"), coding.get("code")
-            if mri.contains(system, code):
+            if isinstance(system, str) and isinstance(code, str) and mri.contains(system, code):
                 return OrderedStudy(system, code, mri.display(system, code) or code, contrast.get(code, "unspecified"))
         generic = mri.extra.get("spineNeedsLumbarBodySite", {})
         lumbar_sites = self.value_sets["lumbar-body-site"]
         for coding in codings_of(order.get("code")):
             key = normalise(coding.get("system"), coding.get("code"))
             if key and key[0] == SNOMED and key[1] in generic.get("codes", {}):
-                sites = order.get("bodySite") if isinstance(order.get("bodySite"), list) else []
+                sites = order.get("bodySite")
+                sites = sites if isinstance(sites, list) else []
                 if any(
                     lumbar_sites.contains(c.get("system"), c.get("code")) for site in sites for c in codings_of(site)
                 ):

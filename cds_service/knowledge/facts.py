@@ -172,7 +172,7 @@ class Facts:
     def __getattr__(self, name: str) -> list[Evidence]:
         evidence = self.__dict__.get("evidence")
         if evidence is not None and name in evidence:
-            return evidence[name]  # type: ignore[no-any-return]
+            return evidence[name]
         raise AttributeError(f"no fact named {name!r}")
 
     @property
@@ -264,7 +264,9 @@ class FactReader:
             if value_sets and value_set is None:
                 continue
             coding = value_set.first_match(_codings(concept)) if value_set else None
-            is_history = value_set is not None and value_set.role(coding.system, coding.code) == "history"
+            is_history = (
+                coding is not None and value_set is not None and value_set.role(coding.system, coding.code) == "history"
+            )
             if not counts(resource_type, resource, source.status, is_history):
                 continue
             when = resource_date(resource_type, resource) if source.element.from_record else None

@@ -21,7 +21,7 @@ class OrderedStudy:
         return self.contrast in ("with", "without-and-with")
 
 
-def codings_of(concept: Any) -> list[dict[str, Any]]:
+def codings_of(concept: Any) -> list[Mapping[str, Any]]:
     """The codings of a CodeableConcept given as an untrusted dict."""
     if not isinstance(concept, Mapping):
         return []

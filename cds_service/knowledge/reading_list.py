@@ -93,12 +93,11 @@ class ReadingList:
                     codes[key] = codes.get(key, ()) + (value_set.id,)
                 prefixes = self._prefixes.setdefault(resource_type, {})
                 for system, values in value_set.prefixes.items():
-                    _, pairs = prefixes.get(system, ((), []))
-                    pairs = pairs + [(prefix, value_set.id) for prefix in values]
-                    prefixes[system] = (tuple(prefix for prefix, _ in pairs), pairs)
+                    pairs = prefixes.get(system, ((), []))[1] + [(prefix, value_set.id) for prefix in values]
+                    prefixes[system] = (tuple(prefix for prefix, _id in pairs), pairs)
                 ranges = self._ranges.setdefault(resource_type, {})
-                for system, values in value_set.ranges.items():
-                    ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in values)
+                for system, bounds in value_set.ranges.items():
+                    ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in bounds)
         self._elements = {
             value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
         }

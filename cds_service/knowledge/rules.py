@@ -418,6 +418,8 @@ def _repeat_imaging(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.prior_imaging:
         return None
     prior = f.prior_imaging[0]
+    if prior.when is None:
+        return None  # prior imaging is read dated only
     if f.surgery_date is not None and prior.when is not None and f.surgery_date > prior.when:
         return None  # interval lumbar surgery
     if f.episode_start is not None and prior.when is not None and f.episode_start > prior.when:

@@ -37,8 +37,10 @@ DIRECTORY = Path(__file__).resolve().parent / "value_sets"
 
 
 class HasCoding(Protocol):
-    system: Any
-    code: Any
+    @property
+    def system(self) -> Any: ...
+    @property
+    def code(self) -> Any: ...
 
 
 @lru_cache(maxsize=65536)
@@ -115,11 +117,13 @@ def _load(path: Path) -> ValueSet:
         role = include.get("role")
         for code, display in (include.get("codes") or {}).items():
             key = normalise(system, code)
+            if key is None:
+                raise ValueError(f"{path.name}: an empty code in {system}")
             codes[key] = display
             if role:
                 roles[key] = role
         for prefix in include.get("prefixes", ()):
-            normalised = normalise(system, prefix)[1]
+            normalised = (normalise(system, prefix) or ("", ""))[1]
             prefixes.setdefault(system, []).append(normalised)
             if role:
                 prefix_roles[(system, normalised)] = role
