@@ -46,7 +46,11 @@ def test_unknown_fields_everywhere_are_tolerated(client):
     request["context"]["somethingNew"] = [1, 2]
     request["context"]["draftOrders"]["entry"][0]["resource"]["_status"] = {"extension": []}
     request["prefetch"]["conditions"]["meta"] = {"lastUpdated": "2026-06-01T00:00:00Z"}
-    assert client.post(SELECT, json=request).status_code == 200
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 200
+    plain = client.post(SELECT, json=load_request("acute-lbp-defer")).get_json()
+    topics = [card["source"]["topic"]["code"] for card in response.get_json()["cards"]]
+    assert topics == [card["source"]["topic"]["code"] for card in plain["cards"]] == ["defer-imaging"]
 
 
 def test_body_over_the_limit_is_413(make_app):
@@ -67,6 +71,7 @@ def test_fhir_json_content_type_is_accepted(client):
         SELECT, data=json.dumps(load_request("acute-lbp-defer")), content_type="application/fhir+json"
     )
     assert response.status_code == 200
+    assert [card["source"]["topic"]["code"] for card in response.get_json()["cards"]] == ["defer-imaging"]
 
 
 @pytest.mark.parametrize("method", ["get", "put", "delete", "patch"])
@@ -108,3 +113,8 @@ def test_sandbox_lumbar_mri_request_is_accepted(client):
     request = json.loads((FIXTURES / "sandbox" / "pama-lumbar-mri.json").read_text())
     response = client.post(SELECT, json=request)
     assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["cards"], "the sandbox's lumbar MRI order gets advice"
+    [action] = body["systemActions"]
+    assert action["type"] == "update" and action["resource"]["resourceType"] == "ServiceRequest"
+    assert body["extension"]["systemActions"] == body["systemActions"]  # the sandbox reads only this

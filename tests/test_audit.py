@@ -9,8 +9,8 @@ import json
 import pytest
 import responses
 from conftest import ROOT, SELECT, SIGN, load_request
+from helpers import FEEDBACK
 from sqlalchemy import create_engine
-from test_feedback import FEEDBACK
 
 from cds_service.cards import PAMA_CONSULT_ID
 
@@ -83,7 +83,7 @@ def test_the_patient_is_a_keyed_hash_and_no_identifier_is_stored(app, client):
 
 
 def test_fallback_use_is_recorded(make_app):
-    from test_patient_data import FHIR, with_authorization
+    from helpers import FHIR, with_authorization
 
     app = make_app(fhir_server_allowlist=(FHIR,))
     request = with_authorization(load_request("acute-lbp-defer"))
@@ -95,7 +95,7 @@ def test_fallback_use_is_recorded(make_app):
 
 
 def test_tenant_from_the_client_jwt_is_recorded(make_app, tmp_path):
-    from test_authentication import EC_KEY, ISS, jwk, token
+    from helpers import EC_KEY, ISS, jwk, token
 
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))

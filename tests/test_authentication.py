@@ -13,23 +13,15 @@ import responses
 from conftest import ROOT, SELECT, load_request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from helpers import BASE, EC_KEY, ISS, jwk, token
 
 from cds_service import create_app
 from cds_service.security import TrustError, load_trusted_issuers
 
-BASE = "http://localhost"
-ISS, OTHER_ISS, JKU_ISS = "https://ehr.example.org", "https://other.example.org", "https://jku-ehr.example.org"
+OTHER_ISS, JKU_ISS = "https://other.example.org", "https://jku-ehr.example.org"
 JKU = "https://jku-ehr.example.org/.well-known/jwks.json"
-EC_KEY = ec.generate_private_key(ec.SECP384R1())
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 JKU_KEY = ec.generate_private_key(ec.SECP384R1())
-
-
-def jwk(private_key, kid, alg):
-    algorithm = ECAlgorithm if alg.startswith("ES") else RSAAlgorithm
-    key = algorithm.to_jwk(private_key.public_key(), as_dict=True)
-    return {**key, "kid": kid, "alg": alg, "use": "sig"}
 
 
 @pytest.fixture
@@ -56,13 +48,6 @@ def secure(make_app, issuers_file):
 @pytest.fixture
 def client(secure):
     return secure.test_client()
-
-
-def token(aud=BASE + SELECT, *, key=EC_KEY, alg="ES384", kid="ec-1", iss=ISS, headers=None, **claims):
-    now = int(time.time())
-    payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4()), **claims}
-    payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid, "typ": "JWT", **(headers or {})})
 
 
 def call(client, bearer, path=SELECT, body=None):

@@ -5,41 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from helpers import FEEDBACK, accepted, overridden, stored_rows
 
 from cds_service import create_app
-
-FEEDBACK = "/cds-services/lumbar-mri-order-select/feedback"
-
-
-def overridden(card="2c8f8b9e-1a34-4c57-9a55-0c3c6f1d0a01", **changes):
-    entry = {
-        "card": card,
-        "outcome": "overridden",
-        "overrideReason": {
-            "reason": {
-                "system": "https://example.org/override",
-                "code": "red-flag-not-in-record",
-                "display": "Red flag present, not yet documented",
-            },
-            "userComment": "Saddle numbness on exam today",
-        },
-        "outcomeTimestamp": "2026-06-01T12:03:04.5Z",
-    }
-    entry.update(changes)
-    return entry
-
-
-def accepted(card="9d1b7c5e-0000-4000-8000-00000000000a"):
-    return {
-        "card": card,
-        "outcome": "accepted",
-        "acceptedSuggestions": [{"id": "suggestion-1"}],
-        "outcomeTimestamp": "2026-06-01T12:05:00+02:00",
-    }
-
-
-def stored_rows(app):
-    return app.extensions["cds"].store.feedback_rows()
 
 
 def test_overridden_feedback_is_stored_with_its_reason(app, client):

@@ -8,7 +8,7 @@ import pytest
 import requests
 import responses
 from conftest import SELECT, load_request
-from test_patient_data import FHIR, TOKEN, evaluate, searchset, with_authorization
+from helpers import FHIR, TOKEN, evaluate, searchset, with_authorization
 
 from cds_service.fhir_client import is_allowed
 

@@ -11,7 +11,7 @@ import jwt
 import pytest
 import responses
 from conftest import SELECT, load_request
-from test_authentication import EC_KEY, ISS, jwk
+from helpers import EC_KEY, ISS, jwk
 
 NAME, MRN, BIRTH = "Canaryfamily", "MRN-CANARY-7731", "1961-07-17"
 PATIENT_ID = "pt-canary-5520"

@@ -19,13 +19,13 @@ def sample(text: str, name: str, **labels) -> float:
 
 
 def test_metrics_count_requests_cards_ratings_and_auth_failures(make_app, tmp_path):
-    from test_authentication import EC_KEY, ISS, jwk
+    from helpers import EC_KEY, ISS, jwk
 
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))
     client = make_app(auth="required", trusted_issuers=issuers).test_client()
     before = client.get("/metrics").get_data(as_text=True)
-    from test_authentication import token
+    from helpers import token
 
     client.post(SELECT, json=load_request("cauda-equina"), headers={"Authorization": f"Bearer {token()}"})
     client.post(SELECT, json=load_request("cauda-equina"))  # no token

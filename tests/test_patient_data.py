@@ -9,39 +9,9 @@ import responses
 from conftest import SELECT, load_request
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.patient import Patient
+from helpers import FHIR, TOKEN, evaluate, searchset, with_authorization
 
 from cds_service.protocol import HookRequest, decode
-
-FHIR = "https://ehr.example.org/fhir"
-TOKEN = "opaque-access-token-5f2c"
-
-
-def evaluate(app, request, service_id="lumbar-mri-order-select"):
-    rt = app.extensions["cds"]
-    return rt.evaluator.evaluate(rt.services[service_id], decode(json.dumps(request).encode(), HookRequest))
-
-
-def searchset(*resources, next_url=None):
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": len(resources),
-        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
-    }
-    if next_url:
-        bundle["link"] = [{"relation": "next", "url": next_url}]
-    return bundle
-
-
-def with_authorization(request):
-    request["fhirAuthorization"] = {
-        "access_token": TOKEN,
-        "token_type": "Bearer",
-        "expires_in": 300,
-        "scope": "patient/*.read",
-        "subject": "lumbar-mri-cds",
-    }
-    return request
 
 
 @pytest.fixture
@@ -256,7 +226,6 @@ def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(a
 
 
 def test_fast_and_careful_decoding_build_the_same_record(app):
-    from cds_service.protocol import HookRequest, decode
     from cds_service.protocol.fhir import decode_hook_request
 
     body = json.dumps(load_request("low-egfr-contrast")).encode()

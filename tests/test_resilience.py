@@ -8,9 +8,8 @@ import time
 
 import pytest
 from conftest import SELECT, load_request
+from helpers import FEEDBACK, overridden, stored_rows, with_authorization
 from sqlalchemy import create_engine
-from test_feedback import FEEDBACK, overridden, stored_rows
-from test_patient_data import with_authorization
 
 
 class LoopbackServer:
@@ -142,7 +141,7 @@ def test_service_calls_answer_while_the_database_is_down(app, client, tmp_path):
 def test_authenticated_calls_answer_while_the_database_is_down(make_app, tmp_path):
     import json
 
-    from test_authentication import EC_KEY, ISS, jwk, token
+    from helpers import EC_KEY, ISS, jwk, token
 
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))

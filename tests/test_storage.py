@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ROOT, SELECT, load_request
+from helpers import FEEDBACK, overridden
 from servers import gunicorn
 from sqlalchemy import create_engine, inspect, text
-from test_feedback import FEEDBACK, overridden
 
 from cds_service.analytics import build_report
 from cds_service.storage import Store, metadata

@@ -1,0 +1,107 @@
+"""Helpers shared by the test modules: requests, FHIR searchsets, feedback entries, signing keys."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import jwt
+from conftest import SELECT
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from cds_service.protocol import HookRequest, decode
+
+# --- hook calls and the FHIR fallback -----------------------------------------------------------
+
+FHIR = "https://ehr.example.org/fhir"
+TOKEN = "opaque-access-token-5f2c"
+
+
+def evaluate(app, request, service_id="lumbar-mri-order-select"):
+    rt = app.extensions["cds"]
+    return rt.evaluator.evaluate(rt.services[service_id], decode(json.dumps(request).encode(), HookRequest))
+
+
+def searchset(*resources, next_url=None):
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
+    if next_url:
+        bundle["link"] = [{"relation": "next", "url": next_url}]
+    return bundle
+
+
+def with_authorization(request):
+    request["fhirAuthorization"] = {
+        "access_token": TOKEN,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "patient/*.read",
+        "subject": "lumbar-mri-cds",
+    }
+    return request
+
+
+# --- feedback -------------------------------------------------------------------------------------
+
+FEEDBACK = "/cds-services/lumbar-mri-order-select/feedback"
+
+
+def overridden(card="2c8f8b9e-1a34-4c57-9a55-0c3c6f1d0a01", **changes):
+    entry = {
+        "card": card,
+        "outcome": "overridden",
+        "overrideReason": {
+            "reason": {
+                "system": "https://example.org/override",
+                "code": "red-flag-not-in-record",
+                "display": "Red flag present, not yet documented",
+            },
+            "userComment": "Saddle numbness on exam today",
+        },
+        "outcomeTimestamp": "2026-06-01T12:03:04.5Z",
+    }
+    entry.update(changes)
+    return entry
+
+
+def accepted(card="9d1b7c5e-0000-4000-8000-00000000000a"):
+    return {
+        "card": card,
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "suggestion-1"}],
+        "outcomeTimestamp": "2026-06-01T12:05:00+02:00",
+    }
+
+
+def stored_rows(app):
+    return app.extensions["cds"].store.feedback_rows()
+
+
+# --- signing keys (CDS client JWTs) ---------------------------------------------------------------
+
+ISS = "https://ehr.example.org"
+EC_KEY = ec.generate_private_key(ec.SECP384R1())
+
+
+def jwk(private_key: Any, kid: str, alg: str) -> dict[str, Any]:
+    algorithm = ECAlgorithm if alg.startswith("ES") else RSAAlgorithm
+    key = algorithm.to_jwk(private_key.public_key(), as_dict=True)
+    return {**key, "kid": kid, "alg": alg, "use": "sig"}
+
+
+BASE = "http://localhost"
+
+
+def token(aud=BASE + SELECT, *, key=EC_KEY, alg="ES384", kid="ec-1", iss=ISS, headers=None, **claims):
+    """A signed CDS client JWT (CDS Hooks 2.0) for the test issuer; claims set to None are left out."""
+    now = int(time.time())
+    payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4()), **claims}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid, "typ": "JWT", **(headers or {})})
