@@ -36,15 +36,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import records  # noqa: E402
+from stub_process import start_fhir_stub  # noqa: E402
 
 SELECT = "/cds-services/lumbar-mri-order-select"
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
-
-
-def stub_port(stub: subprocess.Popen[str]) -> int:
-    """The port the FHIR stub printed on its first line."""
-    assert stub.stdout is not None
-    return int(stub.stdout.readline())
 
 
 def percentile(values, q):
@@ -100,25 +95,8 @@ def bench_w2(tmp: Path) -> dict:
 def bench_w3(tmp: Path) -> dict:
     request = records.record(60, 20, 30)
     prefetch = request.pop("prefetch")
-    bodies = tmp / "stub-bodies.json"
-    bodies.write_text(
-        json.dumps(
-            {
-                "Patient": prefetch["patient"],
-                "Condition": prefetch["conditions"],
-                "Observation": prefetch["observations"],
-                "ServiceRequest": prefetch["serviceRequests"],
-                "Procedure": prefetch["procedures"],
-                "Device": prefetch["devices"],
-            }
-        )
-    )
-    # The stub runs in its own process so that it does not share this one's GIL.
-    stub = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "20", str(bodies)], stdout=subprocess.PIPE, text=True
-    )
+    stub, base = start_fhir_stub(prefetch, 20, tmp)
     try:
-        base = f"http://127.0.0.1:{int(stub_port(stub))}/fhir"
         request["fhirServer"] = base
         request["fhirAuthorization"] = {
             "access_token": "bench-token",

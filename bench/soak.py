@@ -29,6 +29,7 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
+from stub_process import start_fhir_stub
 
 ROOT = Path(__file__).resolve().parent.parent
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -36,12 +37,6 @@ CLIENTS = int(os.environ.get("SOAK_CLIENTS", "4"))
 WARM_UP = min(30.0, SECONDS / 5)
 ISSUER = "https://soak-client.example.org"
 KEY = ec.generate_private_key(ec.SECP384R1())
-
-
-def stub_port(stub: subprocess.Popen[str]) -> int:
-    """The port the FHIR stub printed on its first line."""
-    assert stub.stdout is not None
-    return int(stub.stdout.readline())
 
 
 def free_port() -> int:
@@ -116,23 +111,7 @@ def main() -> None:
     issuers.write_text(json.dumps({"issuers": [{"iss": ISSUER, "jwks": {"keys": [key]}}]}))
     # The stub serves a patient record for every search of the fallback requests.
     record = json.loads((ROOT / "fixtures" / "requests" / "cancer-history.json").read_text())["prefetch"]
-    bodies = work / "stub.json"
-    bodies.write_text(
-        json.dumps(
-            {
-                "Patient": record["patient"],
-                "Condition": record["conditions"],
-                "Observation": record["observations"],
-                "ServiceRequest": record["serviceRequests"],
-                "Procedure": record["procedures"],
-                "Device": record["devices"],
-            }
-        )
-    )
-    stub = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "fhir_stub.py"), "5", str(bodies)], stdout=subprocess.PIPE, text=True
-    )
-    stub_base = f"http://127.0.0.1:{int(stub_port(stub))}/fhir"
+    stub, stub_base = start_fhir_stub(record, 5, work)
     port = free_port()
     env = {
         **os.environ,
