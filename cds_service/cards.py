@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .knowledge.facts import Evidence, Facts
-from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA
+from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, radiation_level
 from .knowledge.rules import Assessment, Finding, Proposal, Topic, rating_for
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"
@@ -263,7 +263,11 @@ class Presenter:
             ]
         else:  # pragma: no cover - a rule proposing an unknown kind is a programming error
             raise ValueError(proposal.kind)
-        suggestion: dict[str, Any] = {"label": proposal.label, "uuid": self.new_uuid(), "actions": actions}
+        label = proposal.label
+        if proposal.kind in ("replace-study", "add-orders"):  # the cost in dose, beside each suggested study
+            level = radiation_level(self.site_codes[str(proposal.value)])
+            label += f" ({level})" if level else ""
+        suggestion: dict[str, Any] = {"label": label, "uuid": self.new_uuid(), "actions": actions}
         if proposal.recommended:
             suggestion["isRecommended"] = True
         return suggestion

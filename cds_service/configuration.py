@@ -46,6 +46,7 @@ class Thresholds:
     repeat_imaging_months: int = 12  # repeat lumbar MRI look-back (project heuristic, ACP 2011)
     elderly_age: int = 65  # ACR V6 "elderly" (older ACR text: >70)
     cancer_risk_age: int = 50  # a weaker cancer risk factor (ACP 2007 table 1)
+    cancer_no_improvement_days: int = 28  # "no improvement after 1 month" of care: a weaker cancer risk factor
     adult_age: int = 18  # the service serves adults only (paediatric back pain: ACR topic 230)
     egfr_low: float = 30.0  # mL/min/1.73 m2 (ACR-NKF GBCA consensus 2021)
     egfr_lookback_days: int = 90

@@ -26,8 +26,9 @@ from .configuration import PrefetchFailurePolicy, Settings
 from .fhir_client import ConnectionPools, FetchResult, FhirClient, is_allowed
 from .fhir_models import EVERYTHING, projection, typed_model
 from .knowledge.reading_list import ReadingList
+from .knowledge.statuses import status_counts
 from .protocol import CdsError, HookRequest
-from .protocol.fhir import NULL, MalformedData, WireResource, decode_value
+from .protocol.fhir import NULL, UNSET, ConceptStruct, MalformedData, WireResource, decode_value
 from .resource_types import BUCKETS, RESOURCE_TYPES
 from .services import ServiceDefinition, render_template
 
@@ -49,6 +50,7 @@ class PatientRecord:
     seen: int = 0  # resources decoded
     kept: int = 0  # resources given typed models
     checked: int = 0  # matched the reading list, looked at, but could not change a decision (not typed)
+    ids: set[tuple[str, str]] = field(default_factory=set)  # (type, id) kept: each resource is read once
 
     def __getattr__(self, bucket: str) -> list[Any]:
         entry = BUCKETS.get(bucket)
@@ -66,20 +68,27 @@ class PatientRecord:
         return [key for key, source in self.sources.items() if source == "unavailable"]
 
     def add(self, resource_type: str, model: Any) -> None:
-        self.kept += 1
         if resource_type == "Patient":
+            self.kept += 1
             self.patient = model
-        else:
-            self.resources[resource_type].append(model)
+            return
+        if model.id is not None:
+            key = (resource_type, model.id)
+            if key in self.ids:
+                return  # the same resource from two searches (observations and findings): read once
+            self.ids.add(key)
+        self.kept += 1
+        self.resources[resource_type].append(model)
 
     def merge(self, part: PatientRecord) -> None:
         """Add what a fetching thread read from one page."""
-        self.patient = part.patient or self.patient
+        if part.patient is not None:
+            self.add("Patient", part.patient)
         for name, models in part.resources.items():
-            self.resources[name] += models
+            for model in models:
+                self.add(name, model)
         self.data_quality += part.data_quality
         self.seen += part.seen
-        self.kept += part.kept
         self.checked += part.checked
 
 
@@ -227,16 +236,19 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
     if kind is None:
         return
     record.seen += 1
-    never = kind.never_count
-    if resource.status is not None and resource.status in never.get("status", ()):
+    if not status_counts(kind.name, resource.status):
         return
     elements: frozenset[str] | None = EVERYTHING
-    if not kind.always_read:
-        codings = resource.code.coding if resource.code else []
+    if kind.code_element is not None:
+        codings = resource.coded(kind.code_element)
         if kind.name == "Observation":
             elements = reading_list.reads(kind.name, codings, resource.when, resource.valueQuantity)
         else:
             elements = reading_list.reads(kind.name, codings)
+        if elements is None and kind.name == "Observation" and resource.valueCodeableConcept is not UNSET:
+            elements = reading_list.reads(kind.name, _answer_codings(resource.valueCodeableConcept), resource.when)
+        if elements is None and reading_list.reads_by_name(kind.name):
+            elements = reading_list.reads_text(kind.name, resource.concept_text(kind.code_element))
     if not elements:
         if elements is not None:
             record.checked += 1
@@ -246,14 +258,27 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
     except orjson.JSONDecodeError:  # cannot happen for JSON msgspec has scanned; never crash on it
         record.data_quality.append(f"{kind.name}: could not be read and was ignored")
         return
-    if any(_has_code(data.get(element), codes) for element, codes in never.items() if element != "status"):
+    if any(_has_code(data.get(element), codes) for element, codes in kind.never_count.items() if element != "status"):
         return
     if not _belongs_to(kind.name, kind.patient_element, data, record.patient_id):
         record.data_quality.append(f"{kind.name} for another patient ignored")
         return
+    if kind.slim is not None:
+        data = kind.slim(data)
     model = typed_model(kind.name, data, record.patient_id, record.data_quality)
     if model is not None:
         record.add(kind.name, model)
+
+
+_concept_decoder = msgspec.json.Decoder(ConceptStruct)
+
+
+def _answer_codings(raw: Any) -> list[Any]:
+    """An Observation's valueCodeableConcept codings (a finding recorded as an answer), or none."""
+    try:
+        return _concept_decoder.decode(raw).coding if isinstance(raw, msgspec.Raw) else []
+    except msgspec.DecodeError:
+        return []  # an odd shape: not a finding the rules can read
 
 
 def _has_code(concept: Any, codes: frozenset[str]) -> bool:

@@ -32,7 +32,7 @@ def rows(app):
     [
         ("acute-lbp-defer", ["defer-imaging"], "not-appropriate", ["R-08", "R-18"]),
         ("cauda-equina", ["urgent-imaging"], "appropriate", ["R-01", "R-18"]),
-        ("pacemaker-ct-alternative", ["ct-alternative"], "appropriate", ["R-10", "R-13", "R-18"]),
+        ("pacemaker-ct-alternative", ["urgent-imaging", "ct-alternative"], "appropriate", ["R-03", "R-13", "R-18"]),
         ("no-indication", [], "no-criteria-apply", ["R-18"]),
         ("under-18", [], "no-criteria-apply", ["R-18"]),
     ],

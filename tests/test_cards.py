@@ -22,6 +22,10 @@ def answer(client, name, request=None):
     return response.get_json()
 
 
+def card_on(body, topic):
+    return next(card for card in body["cards"] if card["source"]["topic"]["code"] == topic)
+
+
 def all_cards(client):
     for name in NAMES:
         for card in answer(client, name)["cards"]:
@@ -156,7 +160,7 @@ def test_ct_is_never_suggested_because_of_pregnancy_or_kidney_function(client):
 
 
 def test_ct_alternative_replaces_the_mri_with_the_site_ct_code(client):
-    card = answer(client, "pacemaker-ct-alternative")["cards"][0]
+    card = card_on(answer(client, "pacemaker-ct-alternative"), "ct-alternative")
     update = card["suggestions"][0]["actions"][0]
     assert card["source"]["topic"]["code"] == "ct-alternative" and card["indicator"] == "warning"
     assert update["type"] == "update" and update["resource"]["code"]["coding"][0]["code"] == "72131"
@@ -180,7 +184,7 @@ def test_site_code_map_is_configurable(make_app, tmp_path):
         )
     )
     client = make_app(site_codes=tmp_path / "codes.json").test_client()
-    card = answer(client, "pacemaker-ct-alternative")["cards"][0]
+    card = card_on(answer(client, "pacemaker-ct-alternative"), "ct-alternative")
     coding = card["suggestions"][0]["actions"][0]["resource"]["code"]["coding"][0]
     assert (coding["code"], coding["display"]) == ("IMG1234", "CT L-SPINE WO")
 

@@ -16,7 +16,7 @@ def test_evaluate_explains_the_rules_and_the_cards(capsys):
     out = capsys.readouterr().out
     assert "Rating: appropriate, ACR Usually Appropriate, ACR variant 4" in out
     assert "R-01  Suspected cauda equina syndrome" in out
-    assert "ces signs: Acute retention of urine (SNOMED CT 236648008) (2026-05-30)" in out
+    assert "ces signs: Acute retention of urine (SNOMED CT 236648008) (problem list, 2026-05-30)" in out
     assert "[CRITICAL] urgent-imaging: Possible cauda equina syndrome" in out
     assert "suggestion (recommended): Keep the MRI and make it STAT" in out
 

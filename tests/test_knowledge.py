@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from cds_service.knowledge import Knowledge
-from cds_service.knowledge.value_sets import CPT, DIRECTORY, ICD10CM, LOINC, SNOMED, normalise
+from cds_service.knowledge.value_sets import CPT, DIRECTORY, ICD10CM, LOINC, RXNORM, SNOMED, normalise
 
-KNOWN_SYSTEMS = {ICD10CM, SNOMED, LOINC, CPT, "urn:oid:2.16.840.1.113883.3.26.1.1"}
+KNOWN_SYSTEMS = {ICD10CM, SNOMED, LOINC, CPT, RXNORM, "urn:oid:2.16.840.1.113883.3.26.1.1"}
 SOURCE = Path(__file__).resolve().parent.parent / "cds_service"
 
 

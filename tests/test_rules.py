@@ -336,7 +336,10 @@ def test_thresholds_are_configuration(make_app):
         run(make_app(thresholds={"elderly_age": 80}), load_request("fracture-risk"))[0].fired[0] == "R-06"
     )  # osteoporosis
     aged = load_request("pacemaker-ct-alternative")
-    assert run(make_app(thresholds={"elderly_age": 60}), aged)[0].fired[0] == "R-06"
+    assert "R-06" not in run(make_app(), aged)[0].fired
+    assert "R-06" in run(make_app(thresholds={"elderly_age": 60}), aged)[0].fired
+    assert run(make_app(), aged)[0].fired[0] == "R-03"  # age 60 and no improvement after a month of care
+    assert run(make_app(thresholds={"cancer_risk_age": 65}), aged)[0].fired[0] == "R-10"
     assert run(make_app(thresholds={"acute_episode_days": 10}), load_request("acute-lbp-defer"))[0].fired[0] == "R-09"
 
 

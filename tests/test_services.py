@@ -9,7 +9,8 @@ import pytest
 from conftest import ROOT
 
 from cds_service.knowledge import Knowledge
-from cds_service.resource_types import BY_PREFETCH_KEY
+from cds_service.knowledge.value_sets import LOINC
+from cds_service.resource_types import BY_PREFETCH_KEY, RESOURCE_TYPES, SEARCHES
 from cds_service.services import DISCOVERY_FIELDS, DefinitionError, load_services, render_template
 
 TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
@@ -41,7 +42,7 @@ def test_prefetch_uses_only_cds_hooks_2_tokens(client):
 def test_prefetch_asks_for_the_resources_the_rules_read(client):
     service = client.get("/cds-services").get_json()["services"][0]
     targets = {template.split("?")[0].split("/")[0] for template in service["prefetch"].values()}
-    assert targets == {"Patient", "Condition", "Observation", "ServiceRequest", "Procedure", "Device"}
+    assert targets == set(RESOURCE_TYPES)
 
 
 def test_shipped_prefetch_templates_are_the_resource_type_table_searches():
@@ -51,13 +52,15 @@ def test_shipped_prefetch_templates_are_the_resource_type_table_searches():
         prefetch = json.loads(path.read_text())["prefetch"]
         assert set(prefetch) == set(BY_PREFETCH_KEY), path.name
         for key, template in prefetch.items():
-            search = BY_PREFETCH_KEY[key].search
+            search = SEARCHES[key]
             assert template == search or template.startswith(search + "&"), (path.name, key)
 
 
 def test_observation_prefetch_names_exactly_the_loinc_codes_of_the_observation_value_sets():
     knowledge = Knowledge()
-    wanted = {code for vs in knowledge.value_sets_read_from("Observation") for _, code in vs.codes}
+    wanted = {
+        code for vs in knowledge.value_sets_read_from("Observation") for system, code in vs.codes if system == LOINC
+    }
     assert wanted
     for path in (ROOT / "hooks").glob("*.json"):
         template = json.loads(path.read_text())["prefetch"]["observations"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Any
 
 from .facts import Element, Evidence, Fact, FactContext, Match, Source, Window, conditions, observations
 from .facts import orders_and_procedures as requests_or_procedures
@@ -17,18 +18,79 @@ from .fhir_values import codings, concept_label, in_value_set, is_positive, is_r
 from .statuses import INACTIVE_CLINICAL, StatusPolicy, clinical_status
 
 INDICATION = ("low-back-pain", "sciatica", "radiculopathy", "lumbar-disc", "lumbar-stenosis")
+PRIOR_IMAGING = ("order-mri-lumbar-spine", "order-ct-lumbar-spine")
+PRIOR_IMAGING_WINDOW: dict[str, Any] = {
+    "window": Window.LOOKBACK,
+    "lookback": "repeat_imaging_days",
+    "status": StatusPolicy.PERFORMED,
+    "dated_only": True,
+}
 PREGNANT = "77386006"  # SNOMED CT: Patient currently pregnant
 SEVERE = "24484000"  # SNOMED CT severity: Severe
 _SADDLE_WORDS = re.compile(r"saddle|perine|perian", re.IGNORECASE)
 _PROGRESSIVE = re.compile(r"progress|worsening", re.IGNORECASE)
 NEW_INJURY = {"window": Window.NEW, "lead": "red_flag_recent_days"}  # an injury just before the pain began counts
+_ABSENT = {"373067005", "2667000", "260385009", "N", "NEG"}  # SNOMED No, Absent, Negative; v2 normal/negative
+LUMBAR_MODALITIES = {"MR", "CT"}  # DICOM modality codes of a lumbar MRI or CT study
+
+
+def anywhere(*value_sets: str, **options: Any) -> tuple[Source, ...]:
+    """A red flag wherever the chart codes it (issue: never defer beside a recorded red flag): a Condition
+    of any category (a provisional or differential one is a suspicion and counts), the draft order's
+    reasonCode, a Condition its reasonReference names (whatever its status or date), and an Observation
+    coded with it (unless its answer is no) or answered with it."""
+    return (
+        conditions(*value_sets, **options),
+        Source(Element.ORDER_REASON, value_sets, status=StatusPolicy.EVER),
+        Source(Element.ORDER_REASON_REFERENCE, value_sets, status=StatusPolicy.EVER),
+        Source(
+            Element.OBSERVATION_CODE,
+            value_sets,
+            status=StatusPolicy.EVER,
+            keep=_finding_present,
+            **_observation_window(options),
+        ),  # fmt: skip
+        Source(Element.OBSERVATION_VALUE, value_sets, status=StatusPolicy.EVER, **_observation_window(options)),
+    )
+
+
+def _observation_window(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: options[key] for key in ("window", "lookback", "lead") if key in options}
 
 
 # --- keep: a further test on a matched resource ---------------------------------------------------
 
 
-def _order_reason(match: Match) -> Evidence:
-    return match.evidence("Order reason: " + concept_label(match.concept, match.value_set))
+def _finding_present(match: Match) -> Evidence | None:
+    """An Observation coded as the finding counts unless it records the finding as absent."""
+    observation = match.resource
+    if observation.valueBoolean is False:
+        return None
+    if any(c.code in _ABSENT for c in codings(observation.valueCodeableConcept)):
+        return None
+    return match.evidence()
+
+
+def _lumbar_study(match: Match) -> Evidence | None:
+    """An MR or CT ImagingStudy of the lumbar spine: a lumbar MRI or CT procedure code, or an MR or CT
+    series (or study modality) with a lumbar body site."""
+    study = match.resource
+    vs = match.context.value_sets
+    imaging = (vs["order-mri-lumbar-spine"], vs["order-ct-lumbar-spine"])
+    for concept in study.procedureCode or []:
+        value_set = next((v for v in imaging if in_value_set(concept, v)), None)
+        if value_set is not None:
+            return match.evidence(concept_label(concept, value_set))
+    lumbar = vs["lumbar-body-site"]
+    modalities = {c.code for c in study.modality or []}
+    for series in study.series or []:
+        modality = series.modality.code if series.modality else None
+        site = series.bodySite
+        if (modality in LUMBAR_MODALITIES or modalities & LUMBAR_MODALITIES) and site is not None \
+                and lumbar.contains(site.system, site.code):  # fmt: skip
+            kind = modality if modality in LUMBAR_MODALITIES else sorted(modalities & LUMBAR_MODALITIES)[0]
+            return match.evidence(f"{'MRI' if kind == 'MR' else 'CT'} of the lumbar spine (imaging study)")
+    return None
 
 
 def _active_or_named_by_order(match: Match) -> Evidence | None:
@@ -170,42 +232,42 @@ FACTS: tuple[Fact, ...] = (
         "indication",
         "low back pain, sciatica, radiculopathy, disc or stenosis: the order's reason or an active Condition",
         (
-            Source(Element.ORDER_REASON, INDICATION, status=StatusPolicy.EVER, keep=_order_reason),
+            Source(Element.ORDER_REASON, INDICATION, status=StatusPolicy.EVER),
             conditions(*INDICATION, status=StatusPolicy.EVER, keep=_active_or_named_by_order),
         ),
     ),
     # red flags (clinical specification 4)
-    Fact("cauda_equina", "coded cauda equina syndrome", (conditions("cauda-equina"),)),
+    Fact("cauda_equina", "coded cauda equina syndrome", anywhere("cauda-equina")),
     Fact("sciatica_side", "sciatica coded with its side", (conditions("bilateral-sciatica", keep=_sciatica_side),)),
     Fact(
         "ces_signs",
         "new bladder or bowel dysfunction, saddle sensory loss, bilateral sciatica",
         (
-            conditions("bladder-bowel-dysfunction", window=Window.NEW),
+            *anywhere("bladder-bowel-dysfunction", window=Window.NEW),
             conditions("saddle-sensory-loss", window=Window.NEW, keep=_saddle),
         ),
         derive=_with_bilateral_sciatica,
     ),
-    Fact("weakness", "new motor weakness or foot drop", (conditions("motor-weakness", window=Window.NEW),)),
+    Fact("weakness", "new motor weakness or foot drop", anywhere("motor-weakness", window=Window.NEW)),
     Fact(
         "severe_deficit",
         "new severe or progressive neurological deficit",
-        (conditions("severe-neuro-deficit", window=Window.NEW),),
+        anywhere("severe-neuro-deficit", window=Window.NEW),
         derive=_with_severe_weakness,
     ),
-    Fact("cancer", "cancer, active or history", (conditions("malignancy", status=StatusPolicy.CURRENT_OR_HISTORY),)),
-    Fact("spinal_metastasis", "spinal metastasis", (conditions("spinal-metastasis"),)),
+    Fact("cancer", "cancer, active or history", anywhere("malignancy", status=StatusPolicy.CURRENT_OR_HISTORY)),
+    Fact("spinal_metastasis", "spinal metastasis", anywhere("spinal-metastasis")),
     Fact(
         "weight_loss",
         "unexplained weight loss in the last year",
-        (conditions("weight-loss", window=Window.LOOKBACK, lookback=365),),
+        anywhere("weight-loss", window=Window.LOOKBACK, lookback=365),
     ),
-    Fact("spinal_infection", "known spinal infection", (conditions("spinal-infection"),)),
+    Fact("spinal_infection", "known spinal infection", anywhere("spinal-infection")),
     Fact(
         "fever",
         "fever: coded, or a febrile temperature",
         (
-            conditions("fever", window=Window.LOOKBACK, lookback="infection_signs_lookback_days"),
+            *anywhere("fever", window=Window.LOOKBACK, lookback="infection_signs_lookback_days"),
             observations(
                 "body-temperature",
                 window=Window.LOOKBACK,
@@ -216,13 +278,13 @@ FACTS: tuple[Fact, ...] = (
             ),
         ),
     ),
-    Fact("iv_drug_use", "IV drug use", (conditions("iv-drug-use"),)),
+    Fact("iv_drug_use", "IV drug use", anywhere("iv-drug-use")),
     Fact(
         "recent_infection",
         "recent systemic infection",
-        (conditions("recent-infection", window=Window.LOOKBACK, lookback="recent_infection_days"),),
+        anywhere("recent-infection", window=Window.LOOKBACK, lookback="recent_infection_days"),
     ),
-    Fact("sepsis", "recent sepsis", (conditions("sepsis", window=Window.LOOKBACK, lookback="recent_infection_days"),)),
+    Fact("sepsis", "recent sepsis", anywhere("sepsis", window=Window.LOOKBACK, lookback="recent_infection_days")),
     Fact(
         "raised_markers",
         "raised ESR or CRP",
@@ -236,27 +298,42 @@ FACTS: tuple[Fact, ...] = (
             ),
         ),
     ),
-    Fact("immunosuppression", "immunosuppression", (conditions("immunosuppression"),)),
-    Fact("recent_trauma", "recent low-velocity trauma", (conditions("low-velocity-trauma", **NEW_INJURY),)),
-    Fact("major_trauma", "recent high-energy trauma", (conditions("high-energy-trauma", **NEW_INJURY),)),
-    Fact("axial_spa", "axial spondyloarthritis", (conditions("axial-spondyloarthritis"),)),
+    Fact("immunosuppression", "immunosuppression", anywhere("immunosuppression")),
+    Fact("recent_trauma", "recent low-velocity trauma", anywhere("low-velocity-trauma", **NEW_INJURY)),
+    Fact("major_trauma", "recent high-energy trauma", anywhere("high-energy-trauma", **NEW_INJURY)),
+    Fact("axial_spa", "axial spondyloarthritis", anywhere("axial-spondyloarthritis")),
     Fact(
         "fracture_risk",
         "osteoporosis, chronic steroids, recent trauma or elderly age",
-        (conditions("fracture-risk"),),
+        anywhere("fracture-risk"),
         derive=_with_trauma_and_age,
     ),
-    Fact("vertebral_fracture", "vertebral fracture", (conditions("vertebral-fracture"),)),
+    Fact("vertebral_fracture", "vertebral fracture", anywhere("vertebral-fracture")),
     Fact(
         "lumbar_surgery",
         "lumbar spine surgery (procedure, or post-surgical state)",
-        (Source(Element.PROCEDURE_CODE, ("lumbar-surgery",)), conditions("lumbar-surgery", status=StatusPolicy.EVER)),
+        (Source(Element.PROCEDURE_CODE, ("lumbar-surgery",)), *anywhere("lumbar-surgery", status=StatusPolicy.EVER)),
     ),
     # management and history (clinical specification 6.2, 6.3)
     Fact(
         "conservative_care",
         "conservative care in this episode",
-        requests_or_procedures("conservative-care", window=Window.EPISODE),
+        (
+            *requests_or_procedures("conservative-care", window=Window.EPISODE),
+            # medicines (clinical specification 6.2): prescribed, or reported by the patient (over the counter)
+            Source(
+                Element.MEDICATION_REQUEST,
+                ("conservative-medication",),
+                window=Window.EPISODE,
+                status=StatusPolicy.EVER,
+            ),
+            Source(
+                Element.MEDICATION_STATEMENT,
+                ("conservative-medication",),
+                window=Window.EPISODE,
+                status=StatusPolicy.EVER,
+            ),
+        ),  # fmt: skip
     ),
     Fact(
         "candidacy",
@@ -266,13 +343,10 @@ FACTS: tuple[Fact, ...] = (
     Fact(
         "prior_imaging",
         "lumbar MRI or CT done within the repeat-imaging window",
-        requests_or_procedures(
-            "order-mri-lumbar-spine",
-            "order-ct-lumbar-spine",
-            window=Window.LOOKBACK,
-            lookback="repeat_imaging_days",
-            status=StatusPolicy.PERFORMED,
-            dated_only=True,
+        (
+            *requests_or_procedures(*PRIOR_IMAGING, **PRIOR_IMAGING_WINDOW),
+            Source(Element.REPORT_CODE, PRIOR_IMAGING, **PRIOR_IMAGING_WINDOW),  # a final radiology report
+            Source(Element.IMAGING_STUDY, keep=_lumbar_study, **PRIOR_IMAGING_WINDOW),
         ),
         derive=_newest_first,
     ),

@@ -28,7 +28,7 @@ from typing import Any
 from ..configuration import Thresholds
 from .fhir_values import age_on, concept_label, resource_date
 from .orders import OrderedStudy
-from .statuses import StatusPolicy, counts
+from .statuses import SUSPECTED, StatusPolicy, counts, verification
 from .value_sets import ValueSet
 
 
@@ -42,13 +42,15 @@ class Evidence:
     when: date | None = None
     value: str | None = None
     number: float | None = field(default=None, compare=False)  # the value as a number, for comparisons
+    source: str | None = None  # where the chart records it: "problem list", "order reason", ...
 
     def describe(self) -> str:
         parts = [self.label]
         if self.value:
             parts.append(self.value)
         text = ": ".join(parts)
-        return f"{text} ({self.when.isoformat()})" if self.when else text
+        where = ", ".join(filter(None, [self.source, self.when.isoformat() if self.when else None]))
+        return f"{text} ({where})" if where else text
 
 
 # --- declarations -------------------------------------------------------------------------------
@@ -57,12 +59,18 @@ class Evidence:
 class Element(enum.Enum):
     """What a source reads: a resource type and the element that carries the code."""
 
-    CONDITION_CODE = ("Condition", "code")
+    CONDITION_CODE = ("Condition", "code")  # every category: problem list, encounter diagnosis, health concern
     OBSERVATION_CODE = ("Observation", "code")
+    OBSERVATION_VALUE = ("Observation", "valueCodeableConcept")  # a finding recorded as an Observation's answer
     REQUEST_CODE = ("ServiceRequest", "code")  # other orders in the chart (not the one under review)
     PROCEDURE_CODE = ("Procedure", "code")
+    MEDICATION_REQUEST = ("MedicationRequest", "medicationCodeableConcept")
+    MEDICATION_STATEMENT = ("MedicationStatement", "medicationCodeableConcept")
+    REPORT_CODE = ("DiagnosticReport", "code")
+    IMAGING_STUDY = ("ImagingStudy", "*")  # every study; `keep` judges it
     DEVICE = ("Device", "*")  # every current device; `keep` judges it
     ORDER_REASON = ("ServiceRequest", "reasonCode")  # the draft order under review
+    ORDER_REASON_REFERENCE = ("Condition", "reasonReference")  # Conditions the draft order names as its reason
 
     @property
     def resource_type(self) -> str:
@@ -72,6 +80,31 @@ class Element(enum.Enum):
     def from_record(self) -> bool:
         """Read from the patient record (and so from prefetch), rather than from the draft order."""
         return self is not Element.ORDER_REASON
+
+    @property
+    def where(self) -> str:
+        return _WHERE[self]
+
+
+_WHERE = {
+    Element.CONDITION_CODE: "condition",
+    Element.OBSERVATION_CODE: "observation",
+    Element.OBSERVATION_VALUE: "observation",
+    Element.REQUEST_CODE: "order",
+    Element.PROCEDURE_CODE: "procedure",
+    Element.MEDICATION_REQUEST: "prescription",
+    Element.MEDICATION_STATEMENT: "medication reported",
+    Element.REPORT_CODE: "radiology report",
+    Element.IMAGING_STUDY: "imaging study",
+    Element.DEVICE: "device",
+    Element.ORDER_REASON: "order reason",
+    Element.ORDER_REASON_REFERENCE: "order reason",
+}
+_CONDITION_CATEGORIES = {
+    "problem-list-item": "problem list",
+    "encounter-diagnosis": "encounter diagnosis",
+    "health-concern": "health concern",
+}
 
 
 class Window(enum.Enum):
@@ -97,10 +130,22 @@ class Match:
     value_set: ValueSet | None
     when: date | None
     context: FactContext
+    element: Element
 
     def evidence(self, label: str | None = None, value: str | None = None, number: float | None = None) -> Evidence:
         shown = label if label is not None else concept_label(self.concept, self.value_set)
-        return Evidence(self.resource_type, getattr(self.resource, "id", None), shown, self.when, value, number)
+        return Evidence(self.resource_type, getattr(self.resource, "id", None), shown, self.when, value, number,
+                        self.where())  # fmt: skip
+
+    def where(self) -> str:
+        """Where the chart records it, in a clinician's words: "problem list, provisional"."""
+        where = self.element.where
+        if self.resource_type == "Condition" and self.element is Element.CONDITION_CODE:
+            categories = [c.code for concept in (self.resource.category or []) for c in (concept.coding or [])]
+            where = next((_CONDITION_CATEGORIES[c] for c in categories if c in _CONDITION_CATEGORIES), where)
+        if self.resource_type == "Condition" and verification(self.resource) in SUSPECTED:
+            where += f", {verification(self.resource)}"
+        return where
 
 
 Keep = Callable[[Match], "Evidence | None"]
@@ -216,14 +261,6 @@ class FactContext:
 
 # --- reading ------------------------------------------------------------------------------------
 
-_RECORD_BUCKETS = {
-    Element.CONDITION_CODE: "conditions",
-    Element.OBSERVATION_CODE: "observations",
-    Element.REQUEST_CODE: "service_requests",
-    Element.PROCEDURE_CODE: "procedures",
-    Element.DEVICE: "devices",
-}
-
 
 class FactReader:
     """Builds Facts from a PatientRecord for one order, walking the fact declarations in order."""
@@ -250,7 +287,7 @@ class FactReader:
         facts.unavailable = list(record.unavailable)
         context = FactContext(record, order, order_model, facts, self.vs, self.t, self.today)
         for fact in self.declarations:
-            found = [evidence for source in fact.sources for evidence in self._read_source(source, context)]
+            found = _unique([evidence for source in fact.sources for evidence in self._read_source(source, context)])
             facts.evidence[fact.name] = fact.derive(context, found) if fact.derive else found
         return facts
 
@@ -260,7 +297,7 @@ class FactReader:
         days = source.lookback_days(self.t)
         earliest = self.today - timedelta(days=days) if days is not None else None
         for resource, concept in self._candidates(source.element, context):
-            value_set = next((v for v in value_sets if v.first_match(_codings(concept))), None)
+            value_set = next((v for v in value_sets if _matches(v, concept)), None)
             if value_sets and value_set is None:
                 continue
             coding = value_set.first_match(_codings(concept)) if value_set else None
@@ -274,23 +311,34 @@ class FactReader:
                 continue
             if not self._in_window(source, context.facts, when, earliest):
                 continue
-            match = Match(resource_type, resource, concept, value_set, when, context)
+            match = Match(resource_type, resource, concept, value_set, when, context, source.element)
             evidence = source.keep(match) if source.keep else match.evidence()
             if evidence is not None:
                 yield evidence
 
     @staticmethod
     def _candidates(element: Element, context: FactContext) -> Iterator[tuple[Any, Any]]:
+        model = context.order_model
         if element is Element.ORDER_REASON:
-            model = context.order_model
             for reason in (model.reasonCode or []) if model is not None else []:
                 yield model, reason
             return
+        if element is Element.ORDER_REASON_REFERENCE:
+            named = {str(ref.reference).split("/_history/")[0].split("/")[-1]
+                     for ref in (model.reasonReference or []) if ref.reference} if model is not None else set()  # fmt: skip
+            for condition in context.record.conditions:
+                if condition.id in named:
+                    yield condition, condition.code
+            return
         order_id = context.order.get("id")
-        for resource in getattr(context.record, _RECORD_BUCKETS[element]):
+        for resource in context.record.resources[element.resource_type]:
             if element is Element.REQUEST_CODE and resource.id == order_id:
                 continue  # the order under review is not its own history
-            yield resource, getattr(resource, "code", None)
+            if element is Element.OBSERVATION_VALUE:
+                if resource.valueCodeableConcept is not None:
+                    yield resource, resource.valueCodeableConcept
+                continue
+            yield resource, getattr(resource, element.value[1], None) if element.value[1] != "*" else None
 
     def _in_window(self, source: Source, facts: Facts, when: date | None, earliest: date | None) -> bool:
         if when is None or source.window is Window.ANY:
@@ -309,3 +357,25 @@ class FactReader:
 
 def _codings(concept: Any) -> list[Any]:
     return list(getattr(concept, "coding", None) or [])
+
+
+def _unique(found: list[Evidence]) -> list[Evidence]:
+    """One entry per resource and label: a Condition the order names is also on the problem list."""
+    seen: set[tuple[str, str | None, str]] = set()
+    kept = []
+    for evidence in found:
+        key = (evidence.resource_type, evidence.id, evidence.label)
+        if key not in seen:
+            seen.add(key)
+            kept.append(evidence)
+    return kept
+
+
+def _matches(value_set: ValueSet, concept: Any) -> bool:
+    """A code in the value set, or (medicines) a product whose text or display names an ingredient of it."""
+    if value_set.first_match(_codings(concept)) is not None:
+        return True
+    if not value_set.names or concept is None:
+        return False
+    text = " ".join(filter(None, [getattr(concept, "text", None), *(c.display for c in _codings(concept))]))
+    return value_set.name_in(text) is not None

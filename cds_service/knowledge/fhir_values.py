@@ -63,6 +63,7 @@ def _system_name(system: str | None) -> str:
         "http://snomed.info/sct": "SNOMED CT",
         "http://loinc.org": "LOINC",
         "http://www.ama-assn.org/go/cpt": "CPT",
+        "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm",
     }.get(system or "", "code")
 
 
@@ -129,11 +130,30 @@ def is_positive(observation: Any) -> bool:
     return any(c.code in _POSITIVE for concept in concepts if concept for c in codings(concept))
 
 
+def medication_request_date(request: Any) -> date | None:
+    validity = request.dispenseRequest.validityPeriod if request.dispenseRequest else None
+    return as_date(request.authoredOn) or as_date(validity.start if validity else None)
+
+
+def medication_statement_date(statement: Any) -> date | None:
+    period = statement.effectivePeriod.start if statement.effectivePeriod else None
+    return as_date(statement.effectiveDateTime or period) or as_date(statement.dateAsserted)
+
+
+def report_date(report: Any) -> date | None:
+    period = report.effectivePeriod.start if report.effectivePeriod else None
+    return as_date(report.effectiveDateTime or period or report.issued)
+
+
 DATE_OF = {
     "Condition": condition_date,
     "Observation": observation_date,
     "ServiceRequest": request_date,
     "Procedure": procedure_date,
+    "MedicationRequest": medication_request_date,
+    "MedicationStatement": medication_statement_date,
+    "DiagnosticReport": report_date,
+    "ImagingStudy": lambda study: as_date(study.started),
 }
 
 

@@ -145,3 +145,25 @@ V7 = Variant(
     _mri(UA, UA),
     MBA,
 )
+
+
+# ACR relative radiation levels, adult (clinical specification 2.3), by site-code modality and contrast.
+_RADIATION_MSV = {"mri": 0, "xr": 1, "ct": 1, "ct-myelography": 2}
+_RADIATION_WORDS = (
+    "no ionising radiation",
+    "radiation 1-10 mSv (ACR level 3 of 5)",
+    "radiation 10-30 mSv (ACR level 4 of 5)",
+)
+
+
+def radiation_level(orders: list[dict[str, str | None]]) -> str | None:
+    """The ACR relative radiation level of a suggested study (its highest order), in words; None when
+    no order of it is an imaging study (a referral) or the site's code map gives no modality."""
+    levels = []
+    for order in orders:
+        level = _RADIATION_MSV.get(str(order.get("modality")))
+        if level is not None and order.get("modality") == "ct" and order.get("contrast") == "without-and-with":
+            level = 2  # CT without and with contrast: 10-30 mSv
+        if level is not None:
+            levels.append(level)
+    return _RADIATION_WORDS[max(levels)] if levels else None

@@ -98,6 +98,11 @@ class ReadingList:
                 ranges = self._ranges.setdefault(resource_type, {})
                 for system, bounds in value_set.ranges.items():
                     ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in bounds)
+        self._names: dict[str, list[ValueSet]] = {}  # resource type -> value sets matched by name too
+        for value_set_id, plan in self._plans.items():
+            if value_sets[value_set_id].names:
+                for resource_type in plan.resource_types:
+                    self._names.setdefault(resource_type, []).append(value_sets[value_set_id])
         self._elements = {
             value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
         }
@@ -163,6 +168,18 @@ class ReadingList:
             if low <= code[:3] <= high:
                 ids += (value_set_id,)
         return ids
+
+    def reads_by_name(self, resource_type: str) -> bool:
+        return resource_type in self._names
+
+    def reads_text(self, resource_type: str, text: str) -> frozenset[str] | None:
+        """As `reads`, for a product named in text: "Naproxen 500 MG Oral Tablet" is a naproxen."""
+        elements: frozenset[str] | None = None
+        for value_set in self._names.get(resource_type, ()):
+            if value_set.name_in(text):
+                narrowed = self._elements.get(value_set.id, EVERYTHING)
+                elements = narrowed if elements is None else elements | narrowed
+        return elements
 
     def reads(
         self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None, value: Any = None

@@ -277,20 +277,32 @@ def _malignancy(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
             "whole-spine MRI as oncology advises.",
             _urgent_proposals(f, "stat" if critical else "urgent", prefer_contrast=False),
         )
+    weaker = weaker_cancer_factors(f, t)
+    if len(weaker) < 2:
+        return None  # one weaker factor alone follows the ordinary rules; its advice rides on their card
+    critical = bool(f.severe_deficit or f.weakness or f.ces_signs)
+    return Finding(
+        weaker,
+        "critical" if critical else "warning",
+        "Multiple cancer risk factors recorded: urgent MRI" + (" today" if critical else " (within a week)")
+        + ", do not defer",
+        "Two or more weaker risk factors for cancer (unexplained weight loss, age over 50, no improvement "
+        "after a month of care) together are a major risk factor: ACP 2011 (table 2) advises immediate "
+        "imaging. ACR variant 7: MRI without, or without and with, contrast is usually appropriate. A "
+        "neurological deficit means suspected cord compression: image the same day.",
+        _urgent_proposals(f, "stat" if critical else "urgent", prefer_contrast=False),
+    )  # fmt: skip
+
+
+def weaker_cancer_factors(f: Facts, t: Thresholds) -> list[Evidence]:
+    """ACP 2007 table 1 / ACP 2011 table 2: unexplained weight loss, age over 50, and no improvement
+    after about a month of conservative care (care begun at least `cancer_no_improvement_days` ago)."""
     weaker = list(f.weight_loss)
     if f.age is not None and f.age > t.cancer_risk_age:
         weaker.append(Evidence("Patient", None, f"Age {f.age} (over {t.cancer_risk_age})"))
-    if f.weight_loss and len(weaker) >= 2:
-        return Finding(
-            weaker,
-            "info",
-            "Weaker cancer risk factors together: imaging reasonable; consider radiographs and ESR first",
-            "Unexplained weight loss with age over 50 raises the possibility of malignancy (ACP 2007 table 1). "
-            "ACP 2011 suggests radiographs with ESR after about a month's trial of therapy; MRI if they are "
-            "abnormal or suspicion stays high. Deferral is not advised with these findings recorded.",
-            topic=Topic.CANCER_RISK_FACTORS,
-        )
-    return None
+    if f.care_start is not None and (f.now.date() - f.care_start).days >= t.cancer_no_improvement_days:
+        weaker.append(Evidence("Patient", None, f"No improvement after care since {f.care_start.isoformat()}"))
+    return weaker
 
 
 def _infection(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
@@ -457,6 +469,7 @@ def _failed_care_without_candidacy(f: Facts, t: Thresholds, a: Assessment) -> Fi
         "patients who are candidates for surgery or epidural injection, where the result would change "
         "management (ACP 2007 recommendation 4; NICE NG59 1.1.6). No referral to spine surgery or "
         "planned injection is recorded.",
+        also=_weaker_factors(f, t),
     )
 
 
@@ -477,22 +490,19 @@ def _acute(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
             ),
             Proposal("remove-order", None, "Remove the MRI order"),
         ],
-        also=_weaker_factors(f),
+        also=_weaker_factors(f, t),
     )
 
 
-def _weaker_factors(f: Facts) -> list[Evidence]:
-    """Named on a deferral card: ACP 2011 defers imaging for a weaker cancer risk factor alone,
+def _weaker_factors(f: Facts, t: Thresholds) -> list[Evidence]:
+    """Named on the card shown: ACP 2011 defers imaging for a weaker cancer risk factor alone,
     suggesting radiographs and ESR after about a month without improvement."""
     return [
-        Evidence(
-            e.resource_type,
-            e.id,
-            e.label + " (weaker cancer risk factor: radiographs and ESR if no improvement after about a month)",
-            e.when,
-        )
-        for e in f.weight_loss
-    ]
+        Evidence(e.resource_type, e.id,
+                 e.label + " (weaker cancer risk factor: radiographs and ESR if no improvement after about a month)",
+                 e.when, source=e.source)
+        for e in weaker_cancer_factors(f, t)
+    ]  # fmt: skip
 
 
 def _no_conservative_care(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
@@ -518,7 +528,7 @@ def _no_conservative_care(f: Facts, t: Thresholds, a: Assessment) -> Finding | N
             ),
             Proposal("remove-order", None, "Remove the MRI order"),
         ],
-        also=_weaker_factors(f),
+        also=_weaker_factors(f, t),
     )
 
 

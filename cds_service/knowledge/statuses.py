@@ -1,9 +1,11 @@
 """Status rules, in one place: which FHIR resources count, by resource type and by what a fact needs.
 
 Two layers (clinical specification 7.1):
-* NEVER_COUNT: a resource with one of these statuses is dropped when the patient record is built,
-  whatever fact might read it (entered in error, refuted);
+* NEVER_COUNT (and ONLY_COUNT, for Observations): a resource with one of these statuses is dropped
+  when the patient record is built, whatever fact might read it (entered in error, refuted,
+  cancelled, not taken...);
 * StatusPolicy: what a fact asks of the resources it reads (still active, still open, performed).
+A resource of another patient never counts either (patient_record.py checks its reference).
 """
 
 from __future__ import annotations
@@ -16,18 +18,32 @@ from .fhir_values import codings
 # resource type -> element -> codes that mean "this resource is not a fact about the patient"
 NEVER_COUNT: dict[str, dict[str, frozenset[str]]] = {
     "Condition": {"verificationStatus": frozenset({"entered-in-error", "refuted"})},
-    "Observation": {"status": frozenset({"entered-in-error"})},
+    "Observation": {"status": frozenset({"entered-in-error", "cancelled", "registered"})},
     "ServiceRequest": {"status": frozenset({"entered-in-error"})},
     "Procedure": {"status": frozenset({"entered-in-error"})},
     "Device": {"status": frozenset({"entered-in-error"})},
+    "MedicationRequest": {"status": frozenset({"entered-in-error", "cancelled", "draft"})},  # stopped, completed: given
+    "MedicationStatement": {"status": frozenset({"entered-in-error", "not-taken"})},
+    "DiagnosticReport": {"status": frozenset({"entered-in-error", "cancelled"})},
+    "ImagingStudy": {"status": frozenset({"entered-in-error", "cancelled"})},
     "Patient": {},
 }
+# resource type -> element -> the only codes that count, when the element is present
+ONLY_COUNT: dict[str, dict[str, frozenset[str]]] = {
+    "Observation": {"status": frozenset({"final", "amended", "corrected", "preliminary"})},
+}
+SUSPECTED = frozenset({"provisional", "differential", "unconfirmed"})  # Condition.verificationStatus
 
 INACTIVE_CLINICAL = frozenset({"inactive", "remission", "resolved"})  # Condition.clinicalStatus
 CLOSED_REQUEST = frozenset({"revoked", "entered-in-error", "draft"})  # ServiceRequest.status
 NOT_DONE_PROCEDURE = frozenset({"not-done", "entered-in-error", "preparation"})  # Procedure.status
 NOT_CURRENT_DEVICE = frozenset({"inactive", "entered-in-error"})  # Device.status
-PERFORMED = frozenset({"completed"})  # ServiceRequest and Procedure: the study was done
+PERFORMED: dict[str, frozenset[str]] = {  # the study was done
+    "ServiceRequest": frozenset({"completed"}),
+    "Procedure": frozenset({"completed"}),
+    "DiagnosticReport": frozenset({"final", "amended", "corrected", "appended", "preliminary", "partial"}),
+    "ImagingStudy": frozenset({"available"}),
+}
 
 
 class StatusPolicy(enum.Enum):
@@ -52,7 +68,7 @@ def counts(resource_type: str, resource: Any, policy: StatusPolicy, is_history: 
         return True
     status = getattr(resource, "status", None)
     if policy is StatusPolicy.PERFORMED:
-        return status in PERFORMED
+        return status in PERFORMED.get(resource_type, frozenset())
     if resource_type == "Condition":
         if policy is StatusPolicy.CURRENT_OR_HISTORY and is_history:
             return True
@@ -66,7 +82,18 @@ def counts(resource_type: str, resource: Any, policy: StatusPolicy, is_history: 
     return True
 
 
-def never_counts(resource_type: str, element: str, codes: list[str]) -> bool:
-    """Whether a raw resource's `element` codes put it in NEVER_COUNT."""
-    excluded = NEVER_COUNT.get(resource_type, {}).get(element)
-    return bool(excluded) and any(code in excluded for code in codes)  # type: ignore[operator]
+def status_counts(resource_type: str, status: str | None) -> bool:
+    """Whether a resource with this `status` element can count at all (before any fact reads it)."""
+    if status is None:
+        return True  # a missing status is invalid FHIR: the resource is read, the safe reading for red flags
+    if status in NEVER_COUNT.get(resource_type, {}).get("status", frozenset()):
+        return False
+    allowed = ONLY_COUNT.get(resource_type, {}).get("status")
+    return allowed is None or status in allowed
+
+
+def verification(condition: Any) -> str | None:
+    for coding in codings(getattr(condition, "verificationStatus", None)):
+        if coding.code:
+            return str(coding.code)
+    return None

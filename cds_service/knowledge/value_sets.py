@@ -8,6 +8,7 @@ three-character category range where the file says so.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +19,7 @@ ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
 CPT = "http://www.ama-assn.org/go/cpt"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 NCI_DEVICE_SAFETY = "urn:oid:2.16.840.1.113883.3.26.1.1"
 
 _SYSTEM_ALIASES = {
@@ -66,6 +68,14 @@ class ValueSet:
     prefix_roles: Mapping[tuple[str, str], str] = field(default_factory=dict)
     range_roles: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)  # any other keys of the file
+    names: tuple[str, ...] = ()  # ingredient names: a product whose text or display names one is a member
+
+    def name_in(self, text: str | None) -> str | None:
+        """The first of `names` that `text` contains as a word ("Ibuprofen 800 MG Oral Tablet")."""
+        if not self.names or not text:
+            return None
+        match = names_pattern(self.names).search(text)
+        return match.group(0).lower() if match else None
 
     def _matches(self, key: tuple[str, str]) -> bool:
         if key in self.codes:
@@ -104,6 +114,11 @@ class ValueSet:
         return self.codes.get(key) if key else None
 
 
+@lru_cache(maxsize=64)
+def names_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"\b(" + "|".join(re.escape(name) for name in names) + r")\b", re.IGNORECASE)
+
+
 def _load(path: Path) -> ValueSet:
     raw = json.loads(path.read_text(encoding="utf-8"))
     codes: dict[tuple[str, str], str] = {}
@@ -131,7 +146,7 @@ def _load(path: Path) -> ValueSet:
             ranges.setdefault(system, []).append((low.upper(), high.upper()))
             if role:
                 range_roles[(system, low.upper(), high.upper())] = role
-    known = {"id", "title", "basis", "include"}
+    known = {"id", "title", "basis", "include", "names"}
     return ValueSet(
         id=raw["id"],
         title=raw["title"],
@@ -143,6 +158,7 @@ def _load(path: Path) -> ValueSet:
         prefix_roles=prefix_roles,
         range_roles=range_roles,
         extra={key: value for key, value in raw.items() if key not in known},
+        names=tuple(name.lower() for name in raw.get("names", ())),
     )
 
 

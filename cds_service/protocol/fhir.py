@@ -27,7 +27,7 @@ class SlimCoding(msgspec.Struct, frozen=True, omit_defaults=True):
     display: str | None = None
 
 
-class _Concept(msgspec.Struct, omit_defaults=True):
+class ConceptStruct(msgspec.Struct, omit_defaults=True):
     coding: list[SlimCoding] = []
     text: str | None = None
 
@@ -54,7 +54,7 @@ class WireResource(msgspec.Struct):
     resourceType: str = ""
     id: str | None = None
     status: str | None = None
-    code: _Concept | None = None
+    code: ConceptStruct | None = None
     effectiveDateTime: str | None = None
     effectiveInstant: str | None = None
     effectivePeriod: _Period | None = None
@@ -106,6 +106,29 @@ class WireResource(msgspec.Struct):
     gender: msgspec.Raw | _Unset = UNSET
     deceasedBoolean: msgspec.Raw | _Unset = UNSET
     deceasedDateTime: msgspec.Raw | _Unset = UNSET
+    # medicines: the code is typed, for the reading list
+    medicationCodeableConcept: ConceptStruct | None = None
+    medicationReference: msgspec.Raw | _Unset = UNSET
+    dispenseRequest: msgspec.Raw | _Unset = UNSET
+    dateAsserted: msgspec.Raw | _Unset = UNSET
+    # imaging: reports and studies
+    conclusionCode: msgspec.Raw | _Unset = UNSET
+    started: msgspec.Raw | _Unset = UNSET
+    modality: msgspec.Raw | _Unset = UNSET
+    procedureCode: msgspec.Raw | _Unset = UNSET
+    series: msgspec.Raw | _Unset = UNSET
+
+    def coded(self, element: str) -> list[SlimCoding]:
+        """The codings of `element` ("code" or "medicationCodeableConcept"), for the reading list."""
+        concept = self.code if element == "code" else self.medicationCodeableConcept
+        return concept.coding if concept else []
+
+    def concept_text(self, element: str) -> str:
+        """The text and displays of `element`: products are matched by their ingredients' names."""
+        concept = self.code if element == "code" else self.medicationCodeableConcept
+        if concept is None:
+            return ""
+        return " ".join(filter(None, [concept.text, *(coding.display for coding in concept.coding)]))
 
     @property
     def when(self) -> str | None:
