@@ -254,6 +254,48 @@ def record(n_observations: int, n_conditions: int, n_requests: int, now: datetim
             }
         )
 
+    # Medicines (chronic ones the rules never read, and one NSAID before the episode), radiology
+    # reports and studies of other body parts, and social-history findings: as in a real chart.
+    medicines = [("314076", "lisinopril 10 MG Oral Tablet"), ("860975", "metformin hydrochloride 500 MG Oral Tablet"),
+                 ("617312", "atorvastatin 40 MG Oral Tablet"), ("197806", "ibuprofen 600 MG Oral Tablet")]  # fmt: skip
+    medication_requests = []
+    for index in range(max(4, n_requests // 3)):
+        code, display = medicines[index % len(medicines)]
+        medication_requests.append({
+            "resourceType": "MedicationRequest", "id": f"mr-{index}", "status": "active", "intent": "order",
+            "subject": subject, "authoredOn": _iso(now - timedelta(days=60 + index * 9)),
+            "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                      "code": code, "display": display}], "text": display},
+            "dosageInstruction": [{"text": "Take one tablet by mouth daily"}], **_epic_extras(rng, index),
+        })  # fmt: skip
+    medication_statements = [{
+        "resourceType": "MedicationStatement", "id": "ms-0", "status": "active", "subject": subject,
+        "medicationCodeableConcept": {"text": "Vitamin D3 1000 unit tablet"}, "dateAsserted": _iso(now - timedelta(days=90)),
+    }]  # fmt: skip
+    reports = [{
+        "resourceType": "DiagnosticReport", "id": f"dr-{index}", "status": "final", "subject": subject,
+        "category": [{"coding": [{"system": LOINC, "code": "LP29684-5", "display": "Radiology"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "36643-5", "display": "XR Chest 2 Views"}]},
+        "effectiveDateTime": _iso(now - timedelta(days=200 + index * 100)), "conclusion": "No acute disease.",
+    } for index in range(3)]  # fmt: skip
+    studies = [{
+        "resourceType": "ImagingStudy", "id": "is-0", "status": "available", "subject": subject,
+        "started": _iso(now - timedelta(days=300)),
+        "series": [{"uid": "2.25.99", "modality": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"},
+                    "bodySite": {"system": "http://snomed.info/sct", "code": "51185008", "display": "Thorax"},
+                    "instance": [{"uid": f"2.25.99.{i}", "sopClass": {"system": "urn:ietf:rfc:3986",
+                                  "code": "urn:oid:1.2.840.10008.5.1.4.1.1.2"}} for i in range(40)]}],
+    }]  # fmt: skip
+    findings = [{
+        "resourceType": "Observation", "id": "sh-smoking", "status": "final", "subject": subject,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "social-history"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "72166-2", "display": "Tobacco smoking status"}]},
+        "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "8517006",
+                                             "display": "Ex-smoker"}]},
+        "effectiveDateTime": _iso(now - timedelta(days=40)),
+    }]  # fmt: skip
+
     def searchset(resources):
         return {
             "resourceType": "Bundle",
@@ -301,8 +343,13 @@ def record(n_observations: int, n_conditions: int, n_requests: int, now: datetim
             },
             "conditions": searchset(conditions),
             "observations": searchset(observations),
+            "findings": searchset(findings),
             "serviceRequests": searchset(requests),
             "procedures": searchset([]),
+            "medicationRequests": searchset(medication_requests),
+            "medicationStatements": searchset(medication_statements),
+            "reports": searchset(reports),
+            "imagingStudies": searchset(studies),
             "devices": searchset([]),
         },
     }
