@@ -20,7 +20,7 @@ import orjson
 
 from .knowledge.facts import Evidence, Facts
 from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, radiation_level
-from .knowledge.rules import Assessment, Finding, Proposal, Topic, rating_for
+from .knowledge.rules import Assessment, Finding, Proposal, RatingBasis, Topic, rating_for
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"
 OVERRIDE_SYSTEM = "urn:lumbar-mri-cds:override-reason"
@@ -34,7 +34,6 @@ _PAMA_EXTENSIONS = {
     "http://fhir.org/argonaut/Extension/pama-rating-qcdsm-consulted",
     "http://fhir.org/argonaut/Extension/pama-rating-auc-applied",
 }
-SOURCE_LABEL = "Lumbar MRI appropriateness (ACR 2021, ACP, NICE NG59)"
 DEFAULT_SITE_CODES = Path(__file__).resolve().parent / "knowledge" / "site_codes.json"
 
 RATING_DISPLAYS = {
@@ -59,10 +58,50 @@ _OVERRIDES = {
         ("patient-informed-decision", "Informed decision with the patient"),
         ("other", "Other reason"),
     ],
-    "ct-alternative": [
+}
+# Reasons that fit one rule's card (its topic may be shared: R-13, R-17 and trauma are all ct-alternative)
+_RULE_OVERRIDES = {
+    "R-13": [
         ("mr-status-verified-conditional", "MR status verified: MRI can proceed"),
         ("radiology-consulted", "Discussed with radiology"),
         ("ct-already-done", "CT already done or arranged"),
+        ("other", "Other reason"),
+    ],
+    "R-17": [
+        ("mri-needed-deficit-or-fracture-age", "MRI needed: neurological deficit or fracture age"),
+        ("radiology-consulted", "Discussed with radiology"),
+        ("ct-already-done", "CT already done or arranged"),
+        ("other", "Other reason"),
+    ],
+    "R-TRAUMA-MAJOR": [
+        ("trauma-imaging-done", "Trauma imaging already done or arranged"),
+        ("not-high-energy-on-assessment", "Not a high-energy injury on assessment"),
+        ("trauma-team-decision", "Decided with the trauma team"),
+        ("other", "Other reason"),
+    ],
+    "R-10b": [
+        ("intervention-being-considered", "Surgery or injection is being considered"),
+        ("specialist-request", "Requested by a specialist"),
+        ("patient-informed-decision", "Informed decision with the patient"),
+        ("other", "Other reason"),
+    ],
+    "R-15": [
+        ("contrast-essential-group-ii", "Contrast essential: a group II agent will be used"),
+        ("kidney-function-checked", "Kidney function rechecked: not reduced"),
+        ("radiology-consulted", "Discussed with radiology"),
+        ("other", "Other reason"),
+    ],
+    "R-16": [
+        ("contrast-essential-radiology", "Contrast essential, agreed with radiology"),
+        ("not-pregnant", "Not pregnant (status checked)"),
+        ("other", "Other reason"),
+    ],
+}
+_TOPIC_OVERRIDES = {  # where the rule has none of its own
+    "mri-safety": [
+        ("mr-conditions-confirmed", "MR conditions confirmed for a lumbar scan"),
+        ("radiology-consulted", "Discussed with radiology"),
+        ("not-pregnant", "Not pregnant (status checked)"),
         ("other", "Other reason"),
     ],
 }
@@ -147,12 +186,17 @@ class Presenter:
         return resource, consult_id
 
     def rating_action(self, assessment: Assessment, order: dict[str, Any]) -> RatingAction:
-        variant = f", {assessment.variant.name}" if assessment.variant else ""
+        if assessment.category is not None:
+            basis = f", {assessment.variant.name}" if assessment.variant else ""
+            basis += " (ACR Appropriateness Criteria, Low Back Pain)"
+        elif assessment.rating == "no-criteria-apply" or assessment.primary is None:
+            basis = " (no ACR low back pain variant applies)"
+        else:
+            basis = f" (no ACR variant applies; basis: {assessment.primary.rule.citations[0].label.split(',')[0]})"
         resource, consult_id = self._rated(order, assessment.rating, assessment.category)
         action = {
             "type": "update",
-            "description": f"Record the appropriateness rating: {RATING_DISPLAYS[assessment.rating]}{variant} "
-            "(ACR Appropriateness Criteria, Low Back Pain)",
+            "description": f"Record the appropriateness rating: {RATING_DISPLAYS[assessment.rating]}{basis}",
             "resource": resource,
         }
         return RatingAction(consult_id, action)
@@ -170,8 +214,8 @@ class Presenter:
             "indicator": finding.indicator,
             "detail": self._detail(finding, assessment),
             "source": {
-                "label": SOURCE_LABEL,
-                "url": ACR_LBP.url,
+                "label": finding.rule.source,
+                "url": finding.rule.citations[0].url if finding.rule.citations else ACR_LBP.url,
                 "topic": {"system": TOPIC_SYSTEM, "code": topic.value, "display": topic.display},
             },
         }
@@ -181,7 +225,7 @@ class Presenter:
             card["selectionBehavior"] = "at-most-one"
         card["overrideReasons"] = [
             {"system": OVERRIDE_SYSTEM, "code": code, "display": display}
-            for code, display in _OVERRIDES.get(topic, _GENERIC_OVERRIDES)
+            for code, display in _override_reasons(finding)
         ]
         card["links"] = [{"label": c.label, "url": c.url, "type": "absolute"} for c in finding.rule.citations]
         return PresentedCard(card_uuid, topic, finding.rule.id, finding.indicator, card)
@@ -192,8 +236,9 @@ class Presenter:
         if finding.evidence:
             lines += ["**Recorded:**", *(f"- {e.describe()}" for e in finding.evidence), ""]
         also = finding.also + [e for other in assessment.other_red_flags for e in other.evidence]
+        also = [e for e in _unique(finding.evidence + also) if e not in finding.evidence]
         if also:
-            lines += ["**Also recorded:**", *(f"- {e.describe()}" for e in _unique(also)), ""]
+            lines += ["**Also recorded:**", *(f"- {e.describe()}" for e in also), ""]
         variant = finding.rule.variant if finding is assessment.primary else None
         if variant is not None and facts.study is not None:
             category = assessment.category or UA
@@ -203,6 +248,12 @@ class Presenter:
             )
         elif finding.rule.citations:
             lines.append(f"**Guideline:** {finding.rule.citations[0].label}.")
+        if finding.rule.group.defers and facts.study is not None and facts.study.contrast == "with":
+            lines += [
+                "",
+                "**If you keep imaging:** the order is MRI with contrast only, which is usually not "
+                "appropriate in any ACR variant: order MRI without contrast (or without and with).",
+            ]
         if finding.rule.group.defers:
             lines += [
                 "",
@@ -231,36 +282,23 @@ class Presenter:
                 }
             ]
         elif proposal.kind == "replace-study":
-            site = self.site_codes[str(proposal.value)][0]
-            category = _category_of(site, assessment)
-            resource = self.rated_copy(order, rating_for(category), category)
+            site, *more = self.site_codes[str(proposal.value)]  # more: studies ordered with it (thoracic CT)
+            rating, category = _rating_of(site, assessment)
+            resource = self.rated_copy(order, rating, category)
             resource["code"] = {"coding": [dict(site["coding"])], "text": site["coding"]["display"]}
             description = f"Change the order to {site['coding']['display']}"
             if proposal.priority:
                 resource["priority"] = proposal.priority
                 description += f", priority {proposal.priority}"
             actions = [{"type": "update", "description": description, "resource": resource}]
+            actions += [self._create(o, order, proposal.priority) for o in more]
         elif proposal.kind == "remove-order":
             actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
             if proposal.value:
-                actions += [
-                    {
-                        "type": "create",
-                        "description": f"Order {o['coding']['display']}",
-                        "resource": self._new_order(o, order),
-                    }
-                    for o in self.site_codes[str(proposal.value)]
-                ]
+                actions += [self._create(o, order, None) for o in self.site_codes[str(proposal.value)]]
         elif proposal.kind == "add-orders":
             actions = [{"type": "delete", "description": "Remove the draft lumbar MRI order", "resourceId": reference}]
-            actions += [
-                {
-                    "type": "create",
-                    "description": f"Order {o['coding']['display']}",
-                    "resource": self._new_order(o, order),
-                }
-                for o in self.site_codes[str(proposal.value)]
-            ]
+            actions += [self._create(o, order, proposal.priority) for o in self.site_codes[str(proposal.value)]]
         else:  # pragma: no cover - a rule proposing an unknown kind is a programming error
             raise ValueError(proposal.kind)
         label = proposal.label
@@ -271,6 +309,14 @@ class Presenter:
         if proposal.recommended:
             suggestion["isRecommended"] = True
         return suggestion
+
+    def _create(self, site_order: dict[str, Any], draft: dict[str, Any], priority: str | None) -> dict[str, Any]:
+        resource = self._new_order(site_order, draft)
+        description = f"Order {site_order['coding']['display']}"
+        if priority:
+            resource["priority"] = priority
+            description += f", priority {priority}"
+        return {"type": "create", "description": description, "resource": resource}
 
     @staticmethod
     def _new_order(site_order: dict[str, Any], draft: dict[str, Any]) -> dict[str, Any]:
@@ -286,41 +332,61 @@ class Presenter:
         return resource
 
 
-def _category_of(site: dict[str, Any], assessment: Assessment) -> str | None:
-    """The ACR category of a suggested study in the assessment's variant; none when the order is
-    outside the low back pain criteria (R-TRAUMA-MAJOR, R-AS), as the suggested study is then too."""
-    if assessment.category is None:
-        return None
+_BASIS_RATING = {
+    RatingBasis.GUIDELINE_APPROPRIATE: "appropriate",
+    RatingBasis.GUIDELINE_NOT_APPROPRIATE: "not-appropriate",
+    RatingBasis.OUTSIDE_CRITERIA: "no-criteria-apply",
+}
+
+
+def _rating_of(site: dict[str, Any], assessment: Assessment) -> tuple[str, str | None]:
+    """The rating and ACR category of a suggested study: its category in the assessment's ACR variant;
+    where no variant applies (an isolated deficit, trauma, axial SpA), the rule's own basis and no
+    borrowed ACR category."""
+    basis = assessment.primary.rule.rating if assessment.primary is not None else RatingBasis.OUTSIDE_CRITERIA
     variant = assessment.variant
+    if basis is not RatingBasis.ACR_VARIANT or variant is None:
+        return _BASIS_RATING.get(basis, assessment.rating), None
     modality = site.get("modality")
+    category: str | None = None
     if modality == "mri":
-        return variant.mri_category(site.get("contrast", "without")) if variant else UA
-    if modality == "ct":
-        return variant.ct_without if variant else MBA
-    if modality == "xr":
-        return UA if variant is not None and variant.number in (5, 6) else MBA
-    return None
+        category = variant.mri_category(site.get("contrast", "without"))
+    elif modality in ("ct", "ct-myelography"):
+        category = variant.ct_without
+    elif modality == "xr":
+        category = UA if variant.number in (5, 6) else MBA
+    return rating_for(category), category
+
+
+def _override_reasons(finding: Finding) -> list[tuple[str, str]]:
+    topic = finding.card_topic.value
+    if finding.rule.id in _RULE_OVERRIDES and topic == finding.rule.topic.value:
+        return _RULE_OVERRIDES[finding.rule.id]
+    return _TOPIC_OVERRIDES.get(topic) or _OVERRIDES.get(topic, _GENERIC_OVERRIDES)
 
 
 def _looked_at(facts: Facts) -> str:
     counts = facts.looked_at
-    parts = [
-        f"{counts.get('conditions', 0)} relevant problem(s)",
-        f"{counts.get('observations', 0)} recent temperature, kidney, pregnancy or inflammatory result(s)",
-        f"{counts.get('orders', 0)} relevant order(s) and {counts.get('procedures', 0)} procedure(s) "
-        "(conservative care, injections, prior imaging, spine surgery)",
-        f"{counts.get('devices', 0)} device(s)",
-    ]
-    text = "; ".join(parts) + "."
+    shown = [(counts.get("conditions", 0), "problem or diagnosis", "problems and diagnoses"),
+             (counts.get("observations", 0), "result or finding", "results and findings"),
+             (counts.get("orders", 0) + counts.get("procedures", 0), "order or procedure", "orders and procedures"),
+             (counts.get("medicines", 0), "medicine", "medicines"),
+             (counts.get("imaging", 0), "imaging report or study", "imaging reports and studies"),
+             (counts.get("devices", 0), "device", "devices")]  # fmt: skip
+    text = "; ".join(f"{n} {one if n == 1 else many}" for n, one, many in shown) + " that the rules read."
     if facts.unavailable:
         text += " Not available: " + ", ".join(facts.unavailable) + "."
     return text
 
 
 def _unique(evidence: list[Evidence]) -> list[Evidence]:
-    seen, result = set(), []
+    """Each item once; the patient's age once, whichever rule named it first."""
+    seen: set[tuple[str, str | None, str]] = set()
+    result = []
     for item in evidence:
         key = (item.resource_type, item.id, item.label)
+        if item.resource_type == "Patient" and item.label.startswith("Age "):
+            key = ("Patient", None, "age")
         if key not in seen:
             seen.add(key)
             result.append(item)

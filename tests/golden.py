@@ -20,7 +20,8 @@ def _action(action: dict[str, Any]) -> str:
     resource = action["resource"]
     code = (resource.get("code", {}).get("coding") or [{}])[0].get("code")
     if action["type"] == "create":
-        return f"create {resource['resourceType']} code={code}"
+        text = f"create {resource['resourceType']} code={code}"
+        return text + (f" priority={resource['priority']}" if resource.get("priority") else "")
     text = f"update {resource['resourceType']}/{resource.get('id')} code={code}"
     if resource.get("priority"):
         text += f" priority={resource['priority']}"

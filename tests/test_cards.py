@@ -128,7 +128,7 @@ def test_deferral_offers_a_physical_therapy_referral(client):
         ("cauda-equina", "stat"),
         ("foot-drop", "stat"),
         ("cancer-history", "urgent"),
-        ("infection-fever-ivdu", "urgent"),
+        ("infection-fever-ivdu", "stat"),  # fever with IV drug use: MRI today
         ("infection-sepsis", "stat"),
     ],
 )

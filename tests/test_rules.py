@@ -373,9 +373,10 @@ def test_high_energy_trauma_means_ct_first_on_the_trauma_pathway(app):
     [card] = response["cards"]
     assert topics(response) == ["ct-alternative"] and card["indicator"] == "critical"
     [first, _] = card["suggestions"]
-    [update] = first["actions"]
-    assert first["isRecommended"] and update["resource"]["code"]["coding"][0]["code"] == "72131"
-    assert update["resource"]["priority"] == "stat"
+    update, thoracic_and_lumbar = first["actions"]  # the trauma pathway images the thoracic and lumbar spine
+    assert first["isRecommended"] and update["resource"]["code"]["coding"][0]["code"] == "72128"
+    assert thoracic_and_lumbar["resource"]["code"]["coding"][0]["code"] == "72131"
+    assert update["resource"]["priority"] == thoracic_and_lumbar["resource"]["priority"] == "stat"
 
 
 @pytest.mark.parametrize("code", ["W01.0XXA", "V00.131A"])  # a fall on the same level; a skateboard fall

@@ -278,7 +278,7 @@ def test_status_rules_per_resource_type(client, resource_type, key, status, coun
 def test_suggested_studies_name_their_radiation_level(client):
     body = client.post(SELECT, json=load_request("pacemaker-ct-alternative")).get_json()
     labels = [s["label"] for card in body["cards"] for s in card.get("suggestions", [])]
-    assert "Replace with CT lumbar spine without contrast (radiation 1-10 mSv (ACR level 3 of 5))" in labels
+    assert "Replace with CT lumbar spine without contrast, urgent (radiation 1-10 mSv (ACR level 3 of 5))" in labels
     assert any("CT myelography" in label and "10-30 mSv" in label for label in labels)
     assert any("without and with contrast" in label and "no ionising radiation" in label for label in labels)
     assert "Keep the MRI and make it urgent" in labels  # a change of priority is not a study: no dose named

@@ -263,6 +263,7 @@ FACTS: tuple[Fact, ...] = (
         anywhere("weight-loss", window=Window.LOOKBACK, lookback=365),
     ),
     Fact("spinal_infection", "known spinal infection", anywhere("spinal-infection")),
+    Fact("spinal_abscess", "suspected epidural or intraspinal abscess", anywhere("spinal-abscess")),
     Fact(
         "fever",
         "fever: coded, or a febrile temperature",
@@ -394,8 +395,7 @@ FACTS: tuple[Fact, ...] = (
                 window=Window.LOOKBACK,
                 lookback="egfr_lookback_days",
                 keep=_egfr_value,
-                values=("valueQuantity",),
-                contrast_orders_only=True,
+                values=("valueQuantity",),  # read for every order: a suggestion may lead to contrast
             ),
         ),
         derive=_latest_egfr_if_low,

@@ -283,6 +283,8 @@ class FactReader:
             "orders": len(record.service_requests),
             "procedures": len(record.procedures),
             "devices": len(record.devices),
+            "medicines": len(record.medication_requests) + len(record.medication_statements),
+            "imaging": len(record.diagnostic_reports) + len(record.imaging_studies),
         }
         facts.unavailable = list(record.unavailable)
         context = FactContext(record, order, order_model, facts, self.vs, self.t, self.today)

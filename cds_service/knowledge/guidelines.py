@@ -71,11 +71,12 @@ ACOG_723 = Citation(
 ACR_SPINE_TRAUMA = Citation(
     "ACR Appropriateness Criteria: Acute Spinal Trauma (2024 update), variant 9: blunt trauma "
     "meeting criteria for thoracic and lumbar imaging",
-    "https://acsearch.acr.org/list",
+    "https://acsearch.acr.org/list/GetAppendix?TopicId=23&PanelName=Musculoskeletal",
 )
 ACR_AXIAL_SPA = Citation(
-    "ACR Appropriateness Criteria: Inflammatory Back Pain, known or suspected axial spondyloarthritis",
-    "https://acsearch.acr.org/list",
+    "ACR Appropriateness Criteria: Chronic Back Pain, Suspected Sacroiliitis-Spondyloarthropathy, Bernard et al., "
+    "J Am Coll Radiol 2017;14:S62-S70 (superseded by the Inflammatory Back Pain topic)",
+    "https://doi.org/10.1016/j.jacr.2017.01.048",
 )
 ARGONAUT_PAMA = Citation("Argonaut: CDS Hooks for PAMA", "https://github.com/argonautproject/cds-hooks-for-pama")
 

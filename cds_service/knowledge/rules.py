@@ -18,12 +18,11 @@ scenario. tests/test_rule_table.py checks that every entry fires on some fixture
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from ..configuration import Thresholds
 from .facts import Evidence, Facts
+from .findings import MR_SAFETY_SOURCE, Assessment, Finding, Group, Proposal, RatingBasis, Rule, Topic, rating_for
 from .guidelines import (
     ACEP_CW,
     ACOG_723,
@@ -50,133 +49,8 @@ from .guidelines import (
     V5,
     V6,
     V7,
-    Citation,
-    Variant,
 )
-
-
-class Group(enum.Enum):
-    """Precedence groups, in precedence order (clinical specification 7.3)."""
-
-    EMERGENCY = "emergency"
-    URGENT = "urgent"
-    ADVICE = "advice"  # imaging appropriate with advice, or outside these criteria
-    REPEAT = "repeat"
-    FAILED_CARE = "failed-care"
-    DEFER = "defer"
-    SAFETY = "safety"  # safety and modality: orthogonal, only when imaging goes ahead
-    RATING = "rating"  # the PAMA rating: always recorded
-
-    @property
-    def rules_out_deferral(self) -> bool:
-        """Every rule of the group that fires is named; the first decides, and the order is never deferred."""
-        return self in (Group.EMERGENCY, Group.URGENT, Group.ADVICE)
-
-    @property
-    def decides(self) -> bool:
-        """A group whose first firing rule gives the order's one appropriateness card."""
-        return self not in (Group.SAFETY, Group.RATING)
-
-    @property
-    def defers(self) -> bool:
-        return self in (Group.REPEAT, Group.DEFER)
-
-
-class Topic(enum.StrEnum):
-    """A card's source.topic code (urn:lumbar-mri-cds:card-topic)."""
-
-    DEFER_IMAGING = "defer-imaging"
-    URGENT_IMAGING = "urgent-imaging"
-    CT_ALTERNATIVE = "ct-alternative"
-    IMAGING_APPROPRIATE = "imaging-appropriate"
-    INTERVENTION_CANDIDACY = "intervention-candidacy"
-    PRIOR_LUMBAR_SURGERY = "prior-lumbar-surgery"
-    FRACTURE_RISK = "fracture-risk"
-    CANCER_RISK_FACTORS = "cancer-risk-factors"
-    INFECTION_RISK_FACTORS = "infection-risk-factors"
-    CONTRAST_CHOICE = "contrast-choice"
-    GADOLINIUM_KIDNEY = "gadolinium-kidney"
-    GADOLINIUM_PREGNANCY = "gadolinium-pregnancy"
-    MRI_SAFETY = "mri-safety"
-    CLAUSTROPHOBIA = "claustrophobia"
-    INFLAMMATORY_BACK_PAIN = "inflammatory-back-pain"
-    RATING = "rating"  # R-18: no card
-
-    @property
-    def display(self) -> str:
-        return _TOPIC_DISPLAYS[self]
-
-
-_TOPIC_DISPLAYS = {
-    Topic.DEFER_IMAGING: "Defer imaging",
-    Topic.URGENT_IMAGING: "Urgent imaging",
-    Topic.CT_ALTERNATIVE: "CT alternative",
-    Topic.IMAGING_APPROPRIATE: "Imaging appropriate",
-    Topic.INTERVENTION_CANDIDACY: "Surgery or injection candidacy",
-    Topic.PRIOR_LUMBAR_SURGERY: "Prior lumbar surgery",
-    Topic.FRACTURE_RISK: "Fracture risk",
-    Topic.CANCER_RISK_FACTORS: "Cancer risk factors",
-    Topic.INFECTION_RISK_FACTORS: "Infection risk factors",
-    Topic.CONTRAST_CHOICE: "Contrast choice",
-    Topic.GADOLINIUM_KIDNEY: "Gadolinium and kidney function",
-    Topic.GADOLINIUM_PREGNANCY: "Gadolinium in pregnancy",
-    Topic.MRI_SAFETY: "MRI safety",
-    Topic.CLAUSTROPHOBIA: "Claustrophobia",
-    Topic.INFLAMMATORY_BACK_PAIN: "Inflammatory back pain",
-    Topic.RATING: "Appropriateness rating",
-}
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A change the card suggests; cards.py turns it into CDS Hooks actions with the site codes.
-
-    kind: set-priority (value: stat | urgent), replace-study (value: a site code name),
-    remove-order (value: a site code for a referral to create, or None), add-orders (value: a site code name)."""
-
-    kind: str
-    value: str | None
-    label: str
-    recommended: bool = False
-    priority: str | None = None  # with replace-study: also set the order's priority
-
-
-@dataclass
-class Finding:
-    """What a rule's test concluded; `assess` binds it to the rule that produced it."""
-
-    evidence: list[Evidence]
-    indicator: str
-    summary: str
-    advice: str
-    proposals: list[Proposal] = field(default_factory=list)
-    topic: Topic | None = None  # overrides the rule's card topic
-    also: list[Evidence] = field(default_factory=list)  # supporting facts named in the detail
-    rule: Rule = field(init=False)
-
-    @property
-    def card_topic(self) -> Topic:
-        return self.topic or self.rule.topic
-
-
-Test = Callable[["Facts", Thresholds, "Assessment"], "Finding | None"]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One entry of the rule table. `test` is a pure function of the facts, the thresholds and the
-    assessment so far (safety rules read the decided appropriateness finding)."""
-
-    id: str
-    title: str
-    group: Group
-    topic: Topic  # the card's source.topic code
-    variant: Variant | None
-    citations: tuple[Citation, ...]
-    test: Test
-    rated: bool = True  # False: the ACR low back pain criteria do not cover it; the order is rated no-criteria-apply
-    yields_to: tuple[str, ...] = ()  # safety rules whose card already says what this one would
-
+from .plan import apply_plan, wants_gadolinium
 
 # --- red flags ---------------------------------------------------------------------------------
 
@@ -212,8 +86,10 @@ def _neuro_deficit(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
         "critical" if critical else "warning",
         summary,
         "Severe or progressive neurological deficit is an indication for MRI without delay (ACP 2007 "
-        "recommendation 3; ACR 2016). MRI without contrast is usually sufficient. Re-examine: a rapidly "
-        "progressive or multi-level deficit needs same-day imaging.",
+        "recommendation 3; ACR 2016); no 2021 ACR variant covers an isolated deficit. MRI without contrast is "
+        "usually sufficient. Ask now about bladder function (retention, incontinence) and saddle numbness: "
+        "either makes it suspected cauda equina syndrome. A rapidly progressive or multi-level deficit needs "
+        "same-day imaging.",
         [
             Proposal(
                 "set-priority",
@@ -251,8 +127,8 @@ def _major_trauma(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
         [
             Proposal(
                 "replace-study",
-                "ct_lumbar_without_contrast",
-                "Replace with CT lumbar spine without contrast, STAT",
+                "ct_thoracolumbar_without_contrast",
+                "Replace with CT thoracic and lumbar spine without contrast, STAT",
                 recommended=True,
                 priority="stat",
             ),
@@ -307,7 +183,8 @@ def weaker_cancer_factors(f: Facts, t: Thresholds) -> list[Evidence]:
 
 def _infection(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     cofactors = f.iv_drug_use + f.recent_infection + f.immunosuppression + f.raised_markers
-    if not f.spinal_infection and not f.fever:
+    infection = f.spinal_infection + [e for e in f.spinal_abscess if e not in f.spinal_infection]
+    if not infection and not f.fever:
         risk = f.iv_drug_use + f.recent_infection + f.raised_markers
         if not risk:
             return None
@@ -320,14 +197,18 @@ def _infection(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
             "and such a factor, MRI without and with contrast is indicated now (ACR variant 7).",
             topic=Topic.INFECTION_RISK_FACTORS,
         )
-    critical = bool(f.sepsis or f.severe_deficit or f.weakness or f.ces_signs)
+    critical = bool(f.sepsis or f.severe_deficit or f.weakness or f.ces_signs or f.spinal_abscess
+                    or (f.fever and cofactors))  # fmt: skip
     return Finding(
-        f.spinal_infection + f.fever,
+        infection + f.fever,
         "critical" if critical else "warning",
-        "Possible spinal infection: urgent MRI" + (" today" if critical else "") + ", with and without contrast",
+        "Possible spinal infection: MRI "
+        + ("today (possible epidural abscess)" if critical else "urgently")
+        + ", with and without contrast",
         "Fever or a known spinal infection with back pain calls for MRI (ACR variant 7: MRI without and with "
         "contrast is usually appropriate; ACP 2011: fever with IV drug use or recent infection means "
-        "immediate MRI). Sepsis or a neurological deficit makes it an emergency."
+        "immediate MRI). Fever with a risk factor, a suspected epidural abscess, sepsis or a neurological "
+        "deficit make it an emergency: image today."
         + (
             "" if cofactors or f.spinal_infection else " No other infection risk factor is recorded: confirm the fever."
         ),
@@ -380,6 +261,18 @@ def _prior_surgery(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
                 "Change to MRI lumbar spine without and with contrast",
             )
         )
+    if f.pregnancy or f.low_egfr:  # the gadolinium card decides the contrast: say nothing against it
+        against = "pregnancy" if f.pregnancy else "kidney function"
+        return Finding(
+            f.lumbar_surgery,
+            "info",
+            f"New symptoms after lumbar surgery: imaging appropriate; contrast: see the {against} card",
+            "ACR variant 5: MRI without and with contrast (scar versus recurrent disc) and without contrast are "
+            f"usually appropriate; radiographs are usually appropriate for hardware and alignment. With the "
+            f"{against} recorded, whether to give contrast is weighed on the {against} card.",
+            proposals,
+            also=f.indication[:1],
+        )
     return Finding(
         f.lumbar_surgery,
         "info",
@@ -391,9 +284,24 @@ def _prior_surgery(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     )
 
 
+def _pathological_fracture_question(f: Facts) -> bool:
+    """A vertebral fracture with no osteoporosis, steroid use, trauma or elderly age recorded."""
+    return bool(f.vertebral_fracture) and not f.fracture_risk
+
+
 def _fracture_risk(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     if not f.fracture_risk and not f.vertebral_fracture:
         return None
+    if _pathological_fracture_question(f):
+        return Finding(
+            f.vertebral_fracture,
+            "warning",
+            "Vertebral fracture without osteoporosis or trauma recorded: consider a pathological fracture; MRI",
+            "A vertebral fracture with no osteoporosis, steroid use, trauma or older age recorded raises the "
+            "question of a pathological fracture (malignancy, infection). MRI shows marrow replacement and the "
+            "soft tissue best (ACR variant 7 if cancer is suspected: MRI without and with contrast, or without, "
+            "usually appropriate). Look for a history of cancer, weight loss and raised ESR; keep the MRI.",
+        )
     return Finding(
         f.fracture_risk + f.vertebral_fracture,
         "info",
@@ -520,7 +428,7 @@ def _no_conservative_care(f: Facts, t: Thresholds, a: Assessment) -> Finding | N
         "warning",
         "Lumbar MRI usually not appropriate: no 6-week trial of conservative care recorded, no red flags recorded",
         f"{duration}. {started} Without red flags and without 6 weeks of management, MRI is usually not "
-        "appropriate (ACR variants 1 and 2). Start and document 6 weeks of conservative care (physical "
+        "appropriate (ACR variant 2). Start and document 6 weeks of conservative care (physical "
         "therapy, activity, analgesia); image if symptoms persist and surgery or injection is considered.",
         [
             Proposal(
@@ -598,6 +506,33 @@ def _implant(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
             topic=Topic.MRI_SAFETY,
             also=f.pregnancy,
         )
+    neuro_emergency = (a.primary is not None and a.primary.rule.group is Group.EMERGENCY
+                       and a.primary.rule.topic is Topic.URGENT_IMAGING and a.primary.indicator == "critical")  # fmt: skip
+    if neuro_emergency:  # suspected cauda equina syndrome or a severe deficit: CT myelography first
+        return Finding(
+            f.implants,
+            "critical",
+            "Implant recorded with an emergency: ask the device clinic about MRI now; CT myelography if not",
+            "Ask cardiology or the device clinic now about MR-conditional status and reprogramming (HRS 2017): "
+            "it often makes the emergency MRI possible. If MRI cannot be done, CT myelography shows the root "
+            "compression that plain CT can miss and is the fallback of cauda equina pathways (ACR variant 4: "
+            "CT myelography and CT without contrast may be appropriate). Do not delay transfer.",
+            [
+                Proposal(
+                    "add-orders",
+                    "ct_myelography",
+                    "Replace with CT myelography, STAT",
+                    recommended=True,
+                    priority="stat",
+                ),
+                Proposal(
+                    "replace-study",
+                    "ct_lumbar_without_contrast",
+                    "Replace with CT lumbar spine without contrast, STAT",
+                    priority="stat",
+                ),
+            ],  # fmt: skip
+        )
     return Finding(
         f.implants,
         "warning",
@@ -626,7 +561,8 @@ def _conditional_device(f: Facts, t: Thresholds, a: Assessment) -> Finding | Non
         "info",
         "MR Conditional device recorded: confirm its scan conditions before MRI",
         "The device is labelled MR Conditional: MRI is possible under the manufacturer's conditions "
-        "(field strength, mode, programming). Tell radiology; no change of study is needed.",
+        "(field strength, mode, programming, body region). Confirm that its conditions cover a lumbar scan "
+        "(some stimulators are conditional for head or limb scans only) and tell radiology before MRI.",
         topic=Topic.MRI_SAFETY,
     )
 
@@ -655,45 +591,56 @@ def _claustrophobia(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
     )
 
 
+CONTRAST_HELPS = ("R-04", "R-07")  # infection; scar versus recurrent disc after surgery (ACR variants 5, 7)
+
+
+def _contrast_wanted(a: Assessment) -> bool:
+    """Another finding suggests a contrast study, or contrast is ordered where it helps answer the question."""
+    findings = ([a.primary] if a.primary else []) + a.other_red_flags
+    study = a.facts.study
+    ordered_where_it_helps = study is not None and study.uses_contrast and any(
+        f.rule.id in CONTRAST_HELPS for f in findings)  # fmt: skip
+    return ordered_where_it_helps or wants_gadolinium(findings)
+
+
 def _gadolinium_kidney(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
-    if f.study is None or not f.study.uses_contrast or not f.low_egfr:
+    wanted = _contrast_wanted(a)
+    if f.study is None or not f.low_egfr or not (f.study.uses_contrast or wanted):
         return None
+    why = "Contrast helps answer this question (see the card above). " if wanted else ""
+    plain = [] if f.study.contrast == "without" else [
+        Proposal("replace-study", "mri_lumbar_without_contrast", "Change to MRI lumbar spine without contrast",
+                 recommended=not wanted)]  # fmt: skip
     return Finding(
         f.low_egfr,
         "warning",
         "Reduced kidney function: if contrast is essential use a group II gadolinium agent",
-        f"eGFR below {t.egfr_low:g}, dialysis or acute kidney injury is recorded. The risk of NSF with group "
-        "II agents is very low and contrast should not be withheld when it is needed (ACR-NKF 2021); "
-        "consider whether MRI without contrast answers the question. Do not switch to CT for this reason.",
-        [
-            Proposal(
-                "replace-study",
-                "mri_lumbar_without_contrast",
-                "Change to MRI lumbar spine without contrast",
-                recommended=True,
-            )
-        ],
+        f"{why}eGFR below {t.egfr_low:g}, dialysis or acute kidney injury is recorded. The risk of NSF with "
+        "group II agents is very low and contrast should not be withheld when it is needed (ACR-NKF 2021): if "
+        "contrast is essential, give a group II agent; otherwise MRI without contrast. Decide with radiology. "
+        "Do not switch to CT for this reason.",
+        plain,
         topic=Topic.GADOLINIUM_KIDNEY,
     )
 
 
 def _gadolinium_pregnancy(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
-    if f.study is None or not f.study.uses_contrast or not f.pregnancy:
+    wanted = _contrast_wanted(a)
+    if f.study is None or not f.pregnancy or not (f.study.uses_contrast or wanted):
         return None
+    why = ("Contrast would usually help here (see the card above), but it is not suggested in pregnancy: "
+           "discuss contrast with radiology if it is essential. " if wanted else "")  # fmt: skip
+    plain = [] if f.study.contrast == "without" else [
+        Proposal("replace-study", "mri_lumbar_without_contrast", "Change to MRI lumbar spine without contrast",
+                 recommended=True)]  # fmt: skip
     return Finding(
         f.pregnancy,
         "warning",
         "Pregnancy recorded: avoid routine gadolinium; MRI without contrast is acceptable",
-        "MRI without contrast can be done at any stage of pregnancy when indicated (ACR; ACOG 723). "
-        "Gadolinium should be given only when it is essential. Pregnancy is never a reason to switch to CT.",
-        [
-            Proposal(
-                "replace-study",
-                "mri_lumbar_without_contrast",
-                "Change to MRI lumbar spine without contrast",
-                recommended=True,
-            )
-        ],
+        f"{why}MRI without contrast can be done at any stage of pregnancy when indicated (ACR; ACOG 723). "
+        "Gadolinium should be given only when it is essential, after discussion with radiology. Pregnancy is "
+        "never a reason to switch to CT.",
+        plain,
         topic=Topic.GADOLINIUM_PREGNANCY,
     )
 
@@ -703,6 +650,8 @@ def _ct_for_bony_detail(f: Facts, t: Thresholds, a: Assessment) -> Finding | Non
         return None
     if f.pregnancy:
         return None  # pregnancy never prompts CT
+    if _pathological_fracture_question(f):
+        return None  # MRI, not CT, answers a pathological fracture
     return Finding(
         f.vertebral_fracture + f.recent_trauma,
         "info",
@@ -730,10 +679,12 @@ RULES: tuple[Rule, ...] = (
     # emergency
     Rule("R-01", "Suspected cauda equina syndrome", Group.EMERGENCY, Topic.URGENT_IMAGING, V4,
          (ACR_LBP, ACP_2011, ACEP_CW), _cauda_equina),
-    Rule("R-02", "Severe or progressive neurological deficit", Group.EMERGENCY, Topic.URGENT_IMAGING, V4,
-         (ACP_2007, ACP_2011, ACR_LBP_2016), _neuro_deficit),
+    # no 2021 ACR variant covers an isolated progressive deficit: appropriate on ACP 2007 recommendation 3
+    Rule("R-02", "Severe or progressive neurological deficit", Group.EMERGENCY, Topic.URGENT_IMAGING, None,
+         (ACP_2007, ACP_2011, ACR_LBP_2016), _neuro_deficit, rating=RatingBasis.GUIDELINE_APPROPRIATE),
     Rule("R-TRAUMA-MAJOR", "High-energy trauma", Group.EMERGENCY, Topic.CT_ALTERNATIVE, None,
-         (ACR_SPINE_TRAUMA, ACR_LBP_2016), _major_trauma, rated=False),
+         (ACR_SPINE_TRAUMA, ACR_LBP_2016), _major_trauma, rating=RatingBasis.OUTSIDE_CRITERIA,
+         source="Acute spinal trauma (ACR Appropriateness Criteria)"),
     # urgent
     Rule("R-03", "Suspected malignancy", Group.URGENT, Topic.URGENT_IMAGING, V7, (ACR_LBP, ACP_2007, ACP_2011),
          _malignancy),
@@ -746,28 +697,32 @@ RULES: tuple[Rule, ...] = (
     Rule("R-06", "Fracture risk", Group.ADVICE, Topic.FRACTURE_RISK, V6, (ACR_LBP, ACR_LBP_2016, ACP_2011),
          _fracture_risk),
     Rule("R-AS", "Axial spondyloarthritis (inflammatory back pain)", Group.ADVICE, Topic.INFLAMMATORY_BACK_PAIN, None,
-         (ACR_AXIAL_SPA, ACP_2007, NICE_NG59), _axial_spondyloarthritis, rated=False),
+         (ACR_AXIAL_SPA, ACP_2007, NICE_NG59), _axial_spondyloarthritis, rating=RatingBasis.OUTSIDE_CRITERIA,
+         source="Inflammatory back pain (ACR, ACP 2007, NICE NG59)"),
     # no red flag recorded
+    # ACR has no repeat-imaging variant: the basis is ACP 2011
     Rule("R-11", "Repeat imaging without clinical change", Group.REPEAT, Topic.DEFER_IMAGING, None,
-         (ACP_2011, EL_BARZOUHI), _repeat_imaging),
+         (ACP_2011, EL_BARZOUHI), _repeat_imaging, rating=RatingBasis.GUIDELINE_NOT_APPROPRIATE),
     Rule("R-10", "Failed conservative care, intervention candidate", Group.FAILED_CARE, Topic.IMAGING_APPROPRIATE, V3,
          (ACR_LBP, ACP_2007, NASS_2014), _failed_care_candidate),
+    # ACR variant 3 requires candidacy, variant 2 no prior management: no variant applies
     Rule("R-10b", "Failed conservative care, candidacy not recorded", Group.FAILED_CARE,
-         Topic.INTERVENTION_CANDIDACY, V3, (ACR_LBP, ACP_2007, NICE_NG59), _failed_care_without_candidacy),
+         Topic.INTERVENTION_CANDIDACY, None, (ACP_2007, NICE_NG59, ACR_LBP), _failed_care_without_candidacy,
+         rating=RatingBasis.OUTSIDE_CRITERIA),
     Rule("R-08", "Acute low back pain without red flags", Group.DEFER, Topic.DEFER_IMAGING, V1,
          (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59), _acute),
     Rule("R-09", "No trial of conservative care", Group.DEFER, Topic.DEFER_IMAGING, V2,
          (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59), _no_conservative_care),
     # safety and modality, in the order their cards are shown
     Rule("R-13", "MRI safety: implant", Group.SAFETY, Topic.CT_ALTERNATIVE, None, (ACR_MR_SAFETY, HRS_2017, ACR_LBP),
-         _mr_safety),
+         _mr_safety, source="MRI safety: implants (ACR Manual on MR Safety, HRS 2017)"),
     Rule("R-17", "CT for bony detail", Group.SAFETY, Topic.CT_ALTERNATIVE, V6, (ACR_LBP, ACR_LBP_2016),
          _ct_for_bony_detail),
     Rule("R-16", "Gadolinium in pregnancy", Group.SAFETY, Topic.GADOLINIUM_PREGNANCY, None, (ACOG_723, ACR_MR_SAFETY),
-         _gadolinium_pregnancy),
+         _gadolinium_pregnancy, source="Gadolinium in pregnancy (ACR, ACOG 723)"),
     Rule("R-15", "Gadolinium with reduced kidney function", Group.SAFETY, Topic.GADOLINIUM_KIDNEY, None,
-         (ACR_NKF_GBCA,), _gadolinium_kidney),
-    Rule("R-14", "Claustrophobia", Group.SAFETY, Topic.CLAUSTROPHOBIA, None, (ACR_MR_SAFETY,), _claustrophobia),
+         (ACR_NKF_GBCA,), _gadolinium_kidney, source="Gadolinium and kidney function (ACR-NKF 2021)"),
+    Rule("R-14", "Claustrophobia", Group.SAFETY, Topic.CLAUSTROPHOBIA, None, (ACR_MR_SAFETY,), _claustrophobia, source=MR_SAFETY_SOURCE),
     # R-15 and R-16 already suggest the plain study
     Rule("R-12", "Contrast choice", Group.SAFETY, Topic.CONTRAST_CHOICE, None, (ACR_LBP,), _contrast,
          yields_to=("R-15", "R-16")),
@@ -778,35 +733,6 @@ RULES: tuple[Rule, ...] = (
 RULES_BY_ID = {rule.id: rule for rule in RULES}
 RATING_RULE = "R-18"
 CONTRAST_RULE = "R-12"  # also recorded when the ordered study itself is contrast-only
-
-
-@dataclass
-class Assessment:
-    """What the rules concluded for one order: its rating, its one appropriateness card (if any),
-    the orthogonal safety and modality cards, and every rule that fired."""
-
-    facts: Facts
-    rating: str = ""  # appropriate | not-appropriate | no-criteria-apply
-    category: str | None = None  # ACR category of the ordered study: UA | MBA | UNA
-    variant: Variant | None = None
-    primary: Finding | None = None
-    advice: list[Finding] = field(default_factory=list)
-    fired: list[str] = field(default_factory=list)
-    other_red_flags: list[Finding] = field(default_factory=list)
-
-    @property
-    def deferred(self) -> bool:
-        return self.primary is not None and self.primary.rule.group.defers
-
-    @property
-    def findings(self) -> list[Finding]:
-        return ([self.primary] if self.primary and self.primary.summary else []) + self.advice
-
-
-def rating_for(category: str | None) -> str:
-    if category is None:
-        return "no-criteria-apply"
-    return "not-appropriate" if category == UNA else "appropriate"  # MBA counts as appropriate (decision, 9.3)
 
 
 def _run(rule: Rule, facts: Facts, thresholds: Thresholds, assessment: Assessment) -> Finding | None:
@@ -846,19 +772,24 @@ def assess(facts: Facts, thresholds: Thresholds, rules: Sequence[Rule] = RULES) 
     assessment.fired = [primary.rule.id] + [f.rule.id for f in others]
 
     study = facts.study
+    basis = primary.rule.rating
     if study is not None and study.contrast == "with":
-        category: str | None = UNA
+        assessment.category, assessment.rating = UNA, "not-appropriate"  # contrast-only: UNA in every variant
         assessment.fired.append(CONTRAST_RULE)
-    elif primary.rule.group.defers:
-        category = UNA
-    elif not primary.rule.rated:
-        category = None  # outside the low back pain criteria
-    elif assessment.variant is not None:
-        category = assessment.variant.mri_category(study.contrast if study else "without")
+    elif basis is RatingBasis.OUTSIDE_CRITERIA:
+        assessment.category, assessment.rating = None, "no-criteria-apply"
+    elif basis is RatingBasis.GUIDELINE_APPROPRIATE:
+        assessment.category, assessment.rating = None, "appropriate"
+    elif basis is RatingBasis.GUIDELINE_NOT_APPROPRIATE:
+        assessment.category, assessment.rating = None, "not-appropriate"
     else:
-        category = UA
-    assessment.category = category
-    assessment.rating = rating_for(category)
+        variant = assessment.variant
+        assessment.category = (
+            UNA
+            if primary.rule.group.defers and variant is None
+            else (variant.mri_category(study.contrast if study else "without") if variant else UA)
+        )
+        assessment.rating = rating_for(assessment.category)
 
     if not assessment.deferred:
         for rule in (r for r in rules if r.group is Group.SAFETY):
@@ -870,12 +801,22 @@ def assess(facts: Facts, thresholds: Thresholds, rules: Sequence[Rule] = RULES) 
                 if rule.id not in assessment.fired:
                     assessment.fired.append(rule.id)
     assessment.fired.append(RATING_RULE)
+    if not assessment.deferred:
+        apply_plan(facts, assessment)  # one complete, safe order behind every suggestion
     _drop_repeated_proposals(assessment)
     return assessment
 
 
 def _drop_repeated_proposals(assessment: Assessment) -> None:
-    """A change offered on a safety card (say, CT instead) is not offered again on the advice card."""
+    """A change is offered once: on the safety card (say, CT instead) rather than the advice card, but on
+    the emergency card itself when the emergency's card is critical (its action is the one to take)."""
+    primary = assessment.primary
+    if primary is None:
+        return
+    if primary.rule.group is Group.EMERGENCY and primary.indicator == "critical":
+        kept = {(p.kind, p.value) for p in primary.proposals}
+        for finding in assessment.advice:
+            finding.proposals = [p for p in finding.proposals if (p.kind, p.value) not in kept]
+        return
     offered = {(p.kind, p.value) for finding in assessment.advice for p in finding.proposals}
-    if assessment.primary is not None:
-        assessment.primary.proposals = [p for p in assessment.primary.proposals if (p.kind, p.value) not in offered]
+    primary.proposals = [p for p in primary.proposals if (p.kind, p.value) not in offered]

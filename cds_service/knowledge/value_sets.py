@@ -69,6 +69,7 @@ class ValueSet:
     range_roles: Mapping[tuple[str, str, str], str] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)  # any other keys of the file
     names: tuple[str, ...] = ()  # ingredient names: a product whose text or display names one is a member
+    excluded: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # system -> codes or prefixes left out
 
     def name_in(self, text: str | None) -> str | None:
         """The first of `names` that `text` contains as a word ("Ibuprofen 800 MG Oral Tablet")."""
@@ -78,9 +79,11 @@ class ValueSet:
         return match.group(0).lower() if match else None
 
     def _matches(self, key: tuple[str, str]) -> bool:
+        system, code = key
+        if self.excluded and code.startswith(self.excluded.get(system, ())):
+            return False  # e.g. non-melanoma skin cancer inside the Z85 and C00-C96 families
         if key in self.codes:
             return True
-        system, code = key
         if code.startswith(self.prefixes.get(system, ())):
             return True
         return any(low <= code[:3] <= high for low, high in self.ranges.get(system, ()))
@@ -146,7 +149,12 @@ def _load(path: Path) -> ValueSet:
             ranges.setdefault(system, []).append((low.upper(), high.upper()))
             if role:
                 range_roles[(system, low.upper(), high.upper())] = role
-    known = {"id", "title", "basis", "include", "names"}
+    known = {"id", "title", "basis", "include", "names", "exclude"}
+    excluded: dict[str, list[str]] = {}
+    for exclude in raw.get("exclude", ()):
+        system = exclude["system"]
+        for code in [*(exclude.get("codes") or {}), *exclude.get("prefixes", ())]:
+            excluded.setdefault(system, []).append((normalise(system, code) or ("", ""))[1])
     return ValueSet(
         id=raw["id"],
         title=raw["title"],
@@ -159,6 +167,7 @@ def _load(path: Path) -> ValueSet:
         range_roles=range_roles,
         extra={key: value for key, value in raw.items() if key not in known},
         names=tuple(name.lower() for name in raw.get("names", ())),
+        excluded={system: tuple(codes) for system, codes in excluded.items()},
     )
 
 
