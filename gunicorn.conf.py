@@ -34,6 +34,13 @@ def post_fork(server, worker):
     gc.set_threshold(50_000, 20, 100)
 
 
+def worker_exit(server, worker):
+    # SIGTERM (a deploy, a scale-down): write the queued audit records before the worker goes.
+    from cds_service.audit import flush_all
+
+    flush_all(10.0)
+
+
 def child_exit(server, worker):
     from prometheus_client import multiprocess
 

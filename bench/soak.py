@@ -116,6 +116,8 @@ def main() -> None:
     env = {
         **os.environ,
         "CDS_AUTH": "required",
+        "CDS_AUDIT_KEY": "soak-audit-key",
+        "CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "CDS_TRUSTED_ISSUERS": str(issuers),
         "CDS_DATABASE_URL": f"sqlite:///{work / 'soak.sqlite3'}",
         "CDS_FHIR_SERVER_ALLOWLIST": stub_base,

@@ -60,6 +60,16 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
                 "CDS_AUTH=required but no trusted CDS client is configured: set CDS_TRUSTED_ISSUERS "
                 "(or CDS_AUTH=off for a local trial only)"
             )
+        if not settings.public_base_url:
+            raise TrustError(
+                "CDS_AUTH=required needs CDS_PUBLIC_BASE_URL (e.g. https://cds.hospital.org): token audiences are "
+                "matched against it, never against the Host header"
+            )
+        if not settings.audit_key:
+            raise TrustError(
+                "CDS_AUTH=required needs CDS_AUDIT_KEY (a site secret, e.g. `openssl rand -hex 32`): without it "
+                "patient keys change at every restart and cannot be followed across instances"
+            )
         authenticator = Authenticator(
             issuers,
             ReplayGuard(store),

@@ -94,6 +94,21 @@ def render(report: dict[str, Any], fmt: str) -> str:
 
 
 _COLUMNS = ("shown", "accepted", "overridden", "no_feedback", "override_rate", "silent")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # terminal escapes (ESC ...) and other control characters
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: Any) -> str:
+    """A client-supplied string made safe to print: control characters shown as '?'."""
+    return _CONTROL.sub("?", str(value))
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell that a spreadsheet cannot run as a formula (OWASP CSV injection)."""
+    if not isinstance(value, str):
+        return value
+    value = _text(value)
+    return "'" + value if value.startswith(_FORMULA_START) else value
 
 
 def _table(report: dict[str, Any]) -> str:
@@ -105,18 +120,26 @@ def _table(report: dict[str, Any]) -> str:
         lines += ["", title, f"  {'':24}" + "".join(f"{c:>14}" for c in _COLUMNS)]
         for name, line in report[key].items():
             values = ["-" if line[c] is None else line[c] for c in _COLUMNS]
-            lines.append(f"  {name:24}" + "".join(f"{v:>14}" for v in values))
+            lines.append(f"  {_text(name):24}" + "".join(f"{v:>14}" for v in values))
             for reason, count in line["override_reasons"].items():
-                lines.append(f"      overridden: {reason} ({count})")
+                lines.append(f"      overridden: {_text(reason)} ({count})")
     lines += ["", "Ratings by ordered code"]
     for code, counts in report["ratings_by_ordered_code"].items():
-        lines.append(f"  {code:24}" + ", ".join(f"{rating} {n}" for rating, n in sorted(counts.items())))
+        lines.append(f"  {_text(code):24}" + ", ".join(f"{_text(r)} {n}" for r, n in sorted(counts.items())))
     return "\n".join(lines)
+
+
+class _SafeWriter:
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+
+    def writerow(self, row: list[Any]) -> None:
+        self._writer.writerow([_cell(value) for value in row])
 
 
 def _csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = _SafeWriter(csv.writer(out))
     writer.writerow(["section", "key", *_COLUMNS, "detail", "count"])
     for section in ("by_topic", "by_rule"):
         for name, line in report[section].items():

@@ -40,9 +40,10 @@ def call_service(service_id: str):
     latency_ms = (time.perf_counter() - started) * 1000
     rt.audit.write(
         rt.audit.records(
-            service, hook_request, evaluation, client.tenant if client else None, latency_ms, evaluation.silent
+            service, hook_request, evaluation, client.iss if client else None, client.tenant if client else None,
+            latency_ms, evaluation.silent,
         )
-    )
+    )  # fmt: skip
     metrics.evaluation(evaluation)
     g.orders = len(evaluation.orders)
     g.rules = evaluation.rules_fired

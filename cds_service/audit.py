@@ -22,7 +22,7 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError, TimeoutError
 
 from .configuration import AuditWrite
 from .storage import Store
@@ -34,10 +34,17 @@ GATHER_SECONDS = 0.2
 _TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()  # writers to drain when the process exits
 
 
+def is_transient(exc: SQLAlchemyError) -> bool:
+    """A database away (connection, timeout, lock) rather than data it refuses (too long, invalid)."""
+    return isinstance(exc, OperationalError | InterfaceError | TimeoutError | DisconnectionError) or bool(
+        getattr(exc, "connection_invalidated", False))  # fmt: skip
+
+
 @atexit.register
-def _drain_at_exit() -> None:
+def flush_all(timeout: float = 5.0) -> None:
+    """Drain every writer of this process: at exit, and from gunicorn's worker_exit on SIGTERM."""
     for trail in list(_TRAILS):
-        trail.flush(5.0)
+        trail.flush(timeout)
 
 
 class AuditTrail:
@@ -56,13 +63,21 @@ class AuditTrail:
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
-        self.dropped = 0
+        self.dropped = 0  # queue full: the database away too long
+        self.rejected = 0  # refused by the database for their data
 
     def patient_key(self, patient_id: str) -> str:
         return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
 
     def records(
-        self, service: Any, request: Any, evaluation: Any, tenant: str | None, latency_ms: float, silent: bool
+        self,
+        service: Any,
+        request: Any,
+        evaluation: Any,
+        issuer: str | None,
+        tenant: str | None,
+        latency_ms: float,
+        silent: bool,
     ) -> list[dict[str, Any]]:
         now = datetime.now(UTC)
         patient_key = self.patient_key(request.context.patientId)
@@ -75,6 +90,7 @@ class AuditTrail:
                     "service_id": service.id,
                     "hook": service.hook,
                     "hook_instance": request.hookInstance,
+                    "issuer": issuer,
                     "tenant": tenant,
                     "consult_id": result.consult_id,
                     "patient_key": patient_key,
@@ -156,6 +172,12 @@ class AuditTrail:
             try:
                 self.store.add_audit([dict(row, cards=list(row["cards"])) for row in pending])
             except SQLAlchemyError as exc:
+                if not is_transient(exc):  # bad data, not a database away: find the bad record, keep the rest
+                    pending = self._write_one_by_one(pending)
+                    if pending:
+                        continue
+                    self._settle()
+                    continue
                 log.warning(
                     "audit write failed (%s): %d record(s) kept, retrying in %.1f s",
                     type(exc).__name__,
@@ -167,7 +189,30 @@ class AuditTrail:
                 continue
             except Exception as exc:  # a bug must not kill the writer; the batch is logged by type and dropped
                 log.error("audit batch dropped: %s", type(exc).__name__)
+                self.rejected += len(pending)
             pending = []
             backoff = 0.5
-            if self._queue.empty():
-                self._idle.set()
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._queue.empty():
+            self._idle.set()
+
+    def _write_one_by_one(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """After a non-transient error: each record alone; one that fails again for its data is dropped
+        with a log line (no values) and counted, so that it cannot stall the records after it. Returns
+        the records to retry when the database went away meanwhile."""
+        for index, row in enumerate(rows):
+            try:
+                self.store.add_audit([dict(row, cards=list(row["cards"]))])
+            except SQLAlchemyError as exc:
+                if is_transient(exc):
+                    return rows[index:]
+                self.rejected += 1
+                log.error("audit record dropped: the database refused it (%s), service=%s",
+                          type(exc).__name__, row.get("service_id"))  # fmt: skip
+        return []
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()

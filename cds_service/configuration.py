@@ -73,6 +73,7 @@ class Settings:
     fhir_max_pages: int = 10  # `next` links followed per prefetch key
     fhir_max_response_bytes: int = 20 * 1024 * 1024
     max_body_bytes: int = 10 * 1024 * 1024
+    max_orders: int = 50  # draft orders per hook call; more is a 400 naming context.draftOrders.entry
     sandbox_system_actions: bool = True  # also emit extension.systemActions (the sandbox reads only that)
     public_base_url: str | None = None  # external URL behind a proxy (JWT `aud`)
     site_codes: Path | None = None  # order codes for suggested studies; default knowledge/site_codes.json
@@ -119,6 +120,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_FHIR_MAX_PAGES": ("fhir_max_pages", int),
     "CDS_FHIR_MAX_RESPONSE_BYTES": ("fhir_max_response_bytes", int),
     "CDS_MAX_BODY_BYTES": ("max_body_bytes", int),
+    "CDS_MAX_ORDERS": ("max_orders", int),
     "CDS_SANDBOX_SYSTEM_ACTIONS": ("sandbox_system_actions", _bool),
     "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
     "CDS_SITE_CODES": ("site_codes", Path),

@@ -94,7 +94,7 @@ class Evaluator:
         self.fhir_pools = ConnectionPools()
 
     def evaluate(self, service: ServiceDefinition, request: HookRequest) -> Evaluation:
-        check_request(service, request)
+        check_request(service, request, self.settings.max_orders)
         started = time.perf_counter()
         orders = self.orders_to_evaluate(service, request)
         if not orders:
@@ -149,12 +149,15 @@ class Evaluator:
         return orders
 
 
-def check_request(service: ServiceDefinition, request: HookRequest) -> None:
+def check_request(service: ServiceDefinition, request: HookRequest, max_orders: int = 50) -> None:
     """What the service relies on beyond the wire shape (400 with the field named)."""
     if request.hook != service.hook:
         raise CdsError(
             400, f"This service answers the {service.hook!r} hook, not the one in the request", expression=["hook"]
         )
+    if len(request.context.draftOrders.entry) > max_orders:
+        raise CdsError(400, f"At most {max_orders} draft orders are evaluated per call (CDS_MAX_ORDERS)",
+                       expression=["context.draftOrders.entry"])  # fmt: skip
     if service.hook == "order-select" and request.context.selections is None:
         raise CdsError(400, "order-select requires context.selections", expression=["context.selections"])
     for index, entry in enumerate(request.context.draftOrders.entry):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
-from flask import Blueprint
+from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
 
 from .protocol import CdsError, FeedbackEntry, FeedbackRequest, decode, parse_instant
@@ -24,8 +25,14 @@ def receive_feedback(service_id: str):
     require_json()
     body = request_body()
     message = decode(body, FeedbackRequest)
-    rows = [_row(index, entry) for index, entry in enumerate(message.feedback)]
+    client = g.get("cds_client")
+    issuer, tenant = (client.iss, client.tenant) if client else (None, None)
+    leeway = timedelta(seconds=rt.settings.jwt_leeway_seconds)
+    rows = [_row(index, entry, leeway) for index, entry in enumerate(message.feedback)]
     try:
+        _check_recipients(rt, message.feedback, issuer, tenant)
+        for row in rows:
+            row["issuer"], row["tenant"] = issuer, tenant
         stored, duplicates = rt.store.add_feedback(service_id, rows)
     except SQLAlchemyError as exc:
         log.error("feedback not stored: database unavailable (%s)", type(exc).__name__)
@@ -39,7 +46,24 @@ def receive_feedback(service_id: str):
     return json_response({"stored": stored, "duplicates": duplicates})
 
 
-def _row(index: int, entry: FeedbackEntry) -> dict:
+def _check_recipients(rt: Any, entries: list[FeedbackEntry], issuer: str | None, tenant: str | None) -> None:
+    """Feedback only for cards this service issued, from the client (and tenant) that was shown them."""
+    cards = [entry.card for entry in entries]
+    recipients = rt.store.card_recipients(cards)
+    if len(recipients) < len(set(cards)) and rt.audit.flush(timeout=2.0):  # written in the background
+        recipients = rt.store.card_recipients(cards)
+    for index, entry in enumerate(entries):
+        where = [f"feedback.{index}.card"]
+        shown_to = recipients.get(entry.card)
+        if shown_to is None:
+            raise CdsError(404, "This card was not issued by this service", code="not-found", expression=where)
+        shown_issuer, shown_tenant = shown_to
+        if shown_issuer != issuer or (shown_tenant is not None and shown_tenant != tenant):
+            raise CdsError(403, "Feedback is accepted only from the client that was shown the card",
+                           code="forbidden", expression=where)  # fmt: skip
+
+
+def _row(index: int, entry: FeedbackEntry, leeway: timedelta) -> dict:
     where = f"feedback.{index}"
     timestamp = parse_instant(entry.outcomeTimestamp)
     if timestamp is None:
@@ -48,6 +72,8 @@ def _row(index: int, entry: FeedbackEntry) -> dict:
             "outcomeTimestamp must be an RFC 3339 instant with a time zone, e.g. 2026-01-02T03:04:05Z",
             expression=[f"{where}.outcomeTimestamp"],
         )
+    if timestamp > datetime.now(UTC) + leeway:
+        raise CdsError(400, "outcomeTimestamp is in the future", expression=[f"{where}.outcomeTimestamp"])
     if entry.outcome == "accepted" and not entry.acceptedSuggestions:
         raise CdsError(
             400,

@@ -67,6 +67,33 @@ class PageParser(Protocol):
     def __call__(self, body: bytes) -> tuple[Any, str | None]: ...
 
 
+_UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _normalised_path(path: str) -> str | None:
+    """The path with percent-encoded unreserved characters decoded (RFC 3986 6.2.2.2), or None when
+    it holds a dot segment (encoded or not) or an encoded slash: a server may resolve either, and
+    `/fhir/tenant-a/%2e%2e/tenant-b` must not pass as a path under `/fhir/tenant-a`."""
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "%" and i + 2 < len(path):
+            try:
+                char = chr(int(path[i + 1 : i + 3], 16))
+            except ValueError:
+                return None
+            if char in ("/", "\\"):
+                return None
+            out.append(char if char in _UNRESERVED else path[i : i + 3].upper())
+            i += 3
+            continue
+        out.append(path[i])
+        i += 1
+    normalised = "".join(out)
+    if any(segment in (".", "..") for segment in normalised.split("/")) or "\\" in normalised:
+        return None
+    return normalised
+
+
 def _origin_and_path(url: str) -> tuple[str, str, str] | None:
     try:
         parts = urlsplit(url)
@@ -75,8 +102,11 @@ def _origin_and_path(url: str) -> tuple[str, str, str] | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         return None
+    path = _normalised_path(parts.path)
+    if path is None:
+        return None
     default_port = 443 if parts.scheme == "https" else 80
-    return parts.scheme, f"{parts.hostname.lower()}:{port or default_port}", parts.path.rstrip("/")
+    return parts.scheme, f"{parts.hostname.lower()}:{port or default_port}", path.rstrip("/")
 
 
 def is_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
@@ -218,8 +248,9 @@ class FhirClient:
         while url is not None:
             if len(result.pages) >= self._max_pages:
                 raise FetchFailed(key, f"more than {self._max_pages} pages of results")
-            if not is_allowed(url, self._allowlist):
-                raise FetchFailed(key, "a link points outside the allowed FHIR server")
+            # on the allowlist, and under this call's fhirServer: the token is never sent to another server
+            if not is_allowed(url, self._allowlist) or not is_allowed(url, (self.base_url,)):
+                raise FetchFailed(key, "a link points outside the request's FHIR server")
             body = self._get(adapter, key, url, deadline)
             try:
                 page, url = self._parse(body)  # parsed here, while other keys still wait on the network

@@ -18,11 +18,20 @@ def alive():
     return json_response({"status": "ok"})
 
 
+AUDIT_BACKLOG_LIMIT = 1000  # queued audit records above which the instance says it is not ready
+
+
 @bp.get("/readyz")
 def ready():
+    rt = runtime()
+    audit = {"backlog": rt.audit.backlog, "dropped": rt.audit.dropped, "rejected": rt.audit.rejected}
     try:
-        runtime().store.ping()
+        rt.store.ping()
     except SQLAlchemyError as exc:
         log.warning("not ready: database unreachable (%s)", type(exc).__name__)
-        return json_response({"status": "unavailable", "database": "unreachable"}, 503, {"Retry-After": "10"})
-    return json_response({"status": "ok", "database": "ok"})
+        body = {"status": "unavailable", "database": "unreachable", "audit": audit}
+        return json_response(body, 503, {"Retry-After": "10"})
+    if audit["backlog"] > AUDIT_BACKLOG_LIMIT:
+        log.warning("not ready: %d audit records waiting to be written", audit["backlog"])
+        return json_response({"status": "unavailable", "database": "ok", "audit": audit}, 503, {"Retry-After": "10"})
+    return json_response({"status": "ok", "database": "ok", "audit": audit})

@@ -26,21 +26,14 @@ CARDS = Counter("cds_cards_total", "Cards answered (or held back by silent mode)
 RATINGS = Counter("cds_ratings_total", "Appropriateness ratings written back, by rating", ["rating"])
 AUTH_FAILURES = Counter("cds_auth_failures_total", "Refused CDS client tokens, by reason", ["reason"])
 
+# Coarse on purpose: /metrics is unauthenticated, and separate labels for an unknown issuer, an unknown
+# kid and the right kid would let an outsider enumerate the trusted issuers and their keys.
 _AUTH_REASONS = (
     ("no bearer", "missing"),
     ("expired", "expired"),
-    ("iat in the future", "not-yet-valid"),
+    ("in the future", "not-yet-valid"),
     ("aud", "audience"),
-    ("unknown issuer", "issuer"),
-    ("kid", "key"),
-    ("jku", "key"),
-    ("JWK Set", "key"),
-    ("algorithm", "algorithm"),
-    ("key", "algorithm"),
     ("replayed", "replay"),
-    ("missing claim", "claims"),
-    ("lifetime", "claims"),
-    ("jti", "claims"),
     ("not a JWT", "malformed"),
 )
 

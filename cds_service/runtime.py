@@ -46,8 +46,19 @@ def request_body() -> bytes:
     if length is not None and length > limit:
         raise RequestEntityTooLarge()
     stream = request.environ.get("wsgi.input")
-    if length is None or stream is None:
+    if stream is None:
         return request.get_data(cache=False)
+    if length is None:  # chunked: read up to the limit, and one byte more to know it was exceeded
+        parts, size = [], 0
+        while size <= limit:
+            part = stream.read(min(65536, limit + 1 - size))
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        if size > limit:
+            raise RequestEntityTooLarge()
+        return b"".join(parts)
     body = stream.read(length)
     if len(body) != length:
         raise CdsError(400, "The request body is shorter than its Content-Length", code="structure")

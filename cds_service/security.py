@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,6 +165,11 @@ def load_trusted_issuers(path: Path | None) -> dict[str, TrustedIssuer]:
                 keys = PyJWKSet.from_dict(entry["jwks"])
             except (PyJWKError, ValueError, TypeError, KeyError) as exc:
                 raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: bad JWK Set ({exc})") from None
+            for key in keys.keys:
+                size = getattr(key.key, "key_size", None)
+                if key.key_type == "RSA" and size is not None and size < MIN_RSA_BITS:
+                    raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: key {key.key_id!r} is RSA {size} bits; "
+                                     f"at least {MIN_RSA_BITS} are required")  # fmt: skip
             issuers[iss] = TrustedIssuer(iss, keys=keys)
         else:
             urls = tuple(entry["jku"]) if isinstance(entry["jku"], list) else (entry["jku"],)
@@ -225,7 +229,7 @@ class Authenticator:
             raise AuthError("not a JWT") from None
         alg = header.get("alg")
         if alg not in ALGORITHMS:
-            raise AuthError(f"algorithm not allowed: {alg!r}")
+            raise AuthError(f"algorithm not allowed: {str(alg)[:20]!r}")  # never a 5,600-character header
         if header.get("typ") not in (None, "JWT"):
             raise AuthError("typ is not JWT")
         if not isinstance(header.get("kid"), str):
@@ -236,6 +240,7 @@ class Authenticator:
             raise AuthError(f"unknown issuer {str(unverified.get('iss'))[:100]!r}")
         key = issuer.key_for(header)
         _check_key_matches(key, alg)
+        _check_key_strength(key)
         try:
             claims = jwt.decode(
                 token,
@@ -249,15 +254,25 @@ class Authenticator:
         except jwt.ExpiredSignatureError:
             raise AuthError("expired") from None
         except jwt.ImmatureSignatureError:
-            raise AuthError("iat in the future") from None
+            nbf = unverified.get("nbf")
+            late = isinstance(nbf, int | float) and nbf > time.time() + self.leeway
+            raise AuthError("nbf in the future" if late else "iat in the future") from None
         except jwt.InvalidAudienceError:
-            raise AuthError("aud is not the URL called") from None
+            received = str(unverified.get("aud"))[:200]
+            raise AuthError(f"aud is not this service's URL: expected {audience!r}, received {received!r}") from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(f"missing claim {exc.claim}") from None
         except InvalidTokenError as exc:
             raise AuthError(f"invalid token ({type(exc).__name__})") from None
-        if not isinstance(claims["jti"], str) or not claims["jti"]:
-            raise AuthError("jti is not a string")
+        if isinstance(claims["aud"], list) and claims["aud"] != [audience]:
+            # a token for several audiences could be replayed by any of them: ours alone, or refused
+            raise AuthError(f"aud lists other audiences besides {audience!r}")
+        if not isinstance(claims["jti"], str) or not claims["jti"] or len(claims["jti"]) > 255:
+            raise AuthError("jti is not a string of at most 255 characters")
+        if not isinstance(claims.get("exp"), int | float) or not isinstance(claims.get("iat"), int | float):
+            raise AuthError("exp and iat must be numbers")
+        if "tenant" in claims and (not isinstance(claims["tenant"], str) or len(claims["tenant"]) > 255):
+            raise AuthError("tenant is not a string of at most 255 characters")
         if claims["exp"] - claims["iat"] > self.max_lifetime:
             raise AuthError("token lifetime too long")
         tenant = claims.get("tenant") if isinstance(claims.get("tenant"), str) else None
@@ -268,6 +283,15 @@ class Authenticator:
 
 
 _CURVES = {"ES256": "P-256", "ES384": "P-384"}
+MIN_RSA_BITS = 2048
+
+
+def _check_key_strength(key: PyJWK) -> None:
+    """RSA keys under 2048 bits are refused (NIST SP 800-131A): at start for inline keys, here for
+    keys fetched from a jku."""
+    size = getattr(key.key, "key_size", None)
+    if key.key_type == "RSA" and size is not None and size < MIN_RSA_BITS:
+        raise AuthError("RSA key too short")
 
 
 def _check_key_matches(key: PyJWK, alg: str) -> None:
@@ -282,31 +306,26 @@ def _check_key_matches(key: PyJWK, alg: str) -> None:
         raise AuthError("key curve does not match the algorithm")
 
 
+class ReplayStoreUnavailable(Exception):
+    """The shared jti store cannot be reached: the call is refused (503), never let through."""
+
+
 class ReplayGuard:
-    """Each jti once within its token's lifetime, in the shared database (all workers and
-    instances). Should the database fail, a per-process memory keeps the check going meanwhile."""
+    """Each jti once within its token's lifetime, in the shared database (all workers and instances).
+    Fails closed: with the database away a token cannot be checked, so it is not accepted (a per-process
+    memory let each worker, and the recovered database, accept the same jti once more)."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
-        self._memory: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, client: Client) -> bool:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
-            return self.store.remember_jti(client.iss, client.jti, client.expires)
+            return bool(self.store.remember_jti(client.iss, client.jti, client.expires))
         except SQLAlchemyError as exc:
-            log.warning("jti replay store unavailable (%s): checking in process memory", type(exc).__name__)
-        now = time.time()
-        with self._lock:
-            if len(self._memory) > 100_000:
-                self._memory = {key: exp for key, exp in self._memory.items() if exp > now}
-            key = (client.iss, client.jti)
-            if self._memory.get(key, 0) > now:
-                return False
-            self._memory[key] = client.expires
-            return True
+            log.warning("jti replay store unavailable (%s): call refused", type(exc).__name__)
+            raise ReplayStoreUnavailable() from None
 
 
 def init_auth(app: Flask, settings: Settings, authenticator: Authenticator | None) -> None:
@@ -323,13 +342,16 @@ def init_auth(app: Flask, settings: Settings, authenticator: Authenticator | Non
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _refuse("no bearer token")
-        audience = (
-            (settings.public_base_url.rstrip("/") + request.path) if settings.public_base_url else request.base_url
-        )
+        # the audience is this service's configured URL, never the Host or forwarded headers
+        audience = str(settings.public_base_url).rstrip("/") + request.path
         try:
             g.cds_client = authenticator.verify(token.strip(), audience)
         except AuthError as error:
             return _refuse(str(error))
+        except ReplayStoreUnavailable:
+            g.problem = "replay store unavailable"
+            outcome = operation_outcome("transient", "The service cannot check tokens right now; retry later")
+            return json_response(outcome, 503, {"Retry-After": "10"})
         return None
 
 

@@ -19,6 +19,7 @@ from .configuration import PrefetchFailurePolicy
 SUPPORTED_HOOKS = ("order-select", "order-sign")
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_FHIR_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9\-.]{1,64}$")
 # CDS Hooks 2.0 prefetch tokens: root-level context fields marked "Prefetch Token: Yes" for these
 # hooks, and the user identifiers. FHIRPath such as today() is 3.0-ballot only; 2.0 clients skip it.
 _CONTEXT_TOKENS = {"context.patientId", "context.userId", "context.encounterId"}
@@ -121,8 +122,8 @@ def render_template(template: str, context: Mapping[str, Any]) -> str | None:
             user = context.get("userId") or ""
             prefix = _USER_TOKENS[token] + "/"
             resolved = user.removeprefix(prefix) if user.startswith(prefix) else None
-        if not isinstance(resolved, str) or not resolved:
-            unresolved = True
+        if not isinstance(resolved, str) or not _FHIR_ID.match(resolved):
+            unresolved = True  # not a FHIR id ("..", "a/b", ...): never substituted into a query
             return ""
         return quote(resolved, safe="")
 

@@ -38,7 +38,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SCHEMA_REVISION = "0001"  # the head of migrations/versions (a test keeps them in step)
+SCHEMA_REVISION = "0002"  # the head of migrations/versions (a test keeps them in step)
 _MIGRATING = threading.Lock()  # Alembic's migration context is process-global: one migration at a time
 metadata = MetaData()
 
@@ -58,6 +58,8 @@ feedback = Table(
     Column("user_comment", Text, nullable=True),
     Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("issuer", String(255), nullable=True),  # the CDS client that reported it (migration 0002)
+    Column("tenant", String(255), nullable=True),
 )
 
 jti_seen = Table(
@@ -78,6 +80,7 @@ audit = Table(
     Column("hook_instance", String(128), nullable=False),
     Column("tenant", String(255), nullable=True),
     Column("consult_id", String(64), nullable=False, unique=True),
+    Column("issuer", String(255), nullable=True),  # the CDS client that was shown the cards (migration 0002)
     Column("patient_key", String(64), nullable=False, index=True),  # HMAC of the patient id: never the id
     Column("order_system", String(255), nullable=False),
     Column("order_code", String(64), nullable=False),
@@ -195,6 +198,19 @@ class Store:
                 stored += connection.execute(statement, row).first() is not None
         return stored, len(rows) - stored
 
+    def card_recipients(self, card_uuids: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+        """card uuid -> (issuer, tenant) of the client that was shown it, for the cards this service issued."""
+        wanted = sorted(set(card_uuids))
+        if not wanted:
+            return {}
+        query = (
+            select(audit_card.c.card_uuid, audit.c.issuer, audit.c.tenant)
+            .join(audit, audit.c.consult_id == audit_card.c.consult_id)
+            .where(audit_card.c.card_uuid.in_(wanted))
+        )
+        with self.engine.connect() as connection:
+            return {row.card_uuid: (row.issuer, row.tenant) for row in connection.execute(query)}
+
     def feedback_rows(self) -> list[dict[str, Any]]:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(select(feedback).order_by(feedback.c.id))]
@@ -255,7 +271,7 @@ class Store:
                     feedback, feedback.c.card_uuid == audit_card.c.card_uuid
                 )
             )
-            .order_by(audit_card.c.card_uuid, feedback.c.outcome_timestamp, feedback.c.id)
+            .order_by(audit_card.c.card_uuid, feedback.c.received_at, feedback.c.id)  # latest received wins
         )
         if since is not None:
             query = query.where(audit.c.created_at >= since)

@@ -52,6 +52,9 @@ def make_app(database_url):
         config.setdefault("auth", "off")  # tests of authentication turn it on (tests/test_authentication.py)
         config.setdefault("audit_write", "inline")  # deterministic; the background writer has its own tests
         config.setdefault("clock", lambda: CLOCK)
+        if config["auth"] == "required":  # what a deployment with authentication must configure
+            config.setdefault("public_base_url", "http://localhost")
+            config.setdefault("audit_key", "test-audit-key")
         return create_app(config)
 
     return factory

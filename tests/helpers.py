@@ -105,3 +105,24 @@ def token(aud=BASE + SELECT, *, key=EC_KEY, alg="ES384", kid="ec-1", iss=ISS, he
     payload = {"iss": iss, "aud": aud, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4()), **claims}
     payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid, "typ": "JWT", **(headers or {})})
+
+
+def issue_cards(app_or_store, *card_uuids, issuer=None, tenant=None):
+    """Record cards as issued to a client (issuer, tenant), as a hook call would: feedback is accepted
+    only for cards this service issued, from the client that was shown them."""
+    import uuid as uuid_module
+    from datetime import UTC, datetime
+
+    store = app_or_store.extensions["cds"].store if hasattr(app_or_store, "extensions") else app_or_store
+    consult = f"urn:uuid:{uuid_module.uuid4()}"
+    store.add_audit([{
+        "created_at": datetime.now(UTC), "service_id": "lumbar-mri-order-select", "hook": "order-select",
+        "hook_instance": str(uuid_module.uuid4()), "issuer": issuer, "tenant": tenant, "consult_id": consult,
+        "patient_key": "0" * 64, "order_system": "http://www.ama-assn.org/go/cpt", "order_code": "72148",
+        "rating": "not-appropriate", "acr_category": "UNA", "variant": 1, "rules_fired": ["R-08", "R-18"],
+        "card_topics": ["defer-imaging"] * len(card_uuids), "fallback_used": False, "silent": False,
+        "latency_ms": 1.0,
+        "cards": [{"card_uuid": c, "topic": "defer-imaging", "rule_id": "R-08", "indicator": "warning"}
+                  for c in card_uuids],
+    }])  # fmt: skip
+    return card_uuids

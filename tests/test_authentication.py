@@ -13,7 +13,7 @@ import responses
 from conftest import ROOT, SELECT, load_request
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from helpers import BASE, EC_KEY, ISS, jwk, token
+from helpers import BASE, EC_KEY, ISS, issue_cards, jwk, token
 
 from cds_service import create_app
 from cds_service.security import TrustError, load_trusted_issuers
@@ -86,7 +86,11 @@ def test_iat_too_far_in_the_future(client, caplog):
 
 
 def test_wrong_audience(client, caplog):
-    assert_refused(call(client, token(aud=BASE + "/cds-services/another-service")), caplog, "aud is not the URL called")
+    assert_refused(
+        call(client, token(aud=BASE + "/cds-services/another-service")),
+        caplog,
+        "aud is not this service's URL: expected 'http://localhost/cds-services/lumbar-mri-order-select'",
+    )
 
 
 def test_discovery_audience_is_the_discovery_url(client):
@@ -101,6 +105,7 @@ def test_discovery_audience_is_the_discovery_url(client):
 
 
 def test_feedback_audience_is_the_feedback_url(client):
+    issue_cards(client.application, "c1", issuer=ISS)
     body = {
         "feedback": [
             {

@@ -5,9 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from helpers import FEEDBACK, accepted, overridden, stored_rows
+from helpers import FEEDBACK, accepted, issue_cards, overridden, stored_rows
 
 from cds_service import create_app
+
+
+@pytest.fixture(autouse=True)
+def shown_cards(app):
+    """The cards the feedback below is about, as issued to the (unauthenticated) trial client."""
+    issue_cards(app, overridden()["card"], accepted()["card"], *(f"card-{i}" for i in range(3)))
 
 
 def test_overridden_feedback_is_stored_with_its_reason(app, client):

@@ -103,7 +103,7 @@ def test_next_link_to_another_host_is_refused_and_gets_no_token(fallback_client)
         response = fallback_client.post(SELECT, json=request_missing("conditions"))
         assert stolen.call_count == 0
     assert response.status_code == 412
-    assert "outside the allowed" in response.get_json()["issue"][1]["diagnostics"]
+    assert "outside the request's FHIR server" in response.get_json()["issue"][1]["diagnostics"]
 
 
 def test_redirects_are_not_followed(fallback_client):

@@ -11,7 +11,8 @@ def test_healthz_answers_ok(client):
 
 
 def test_readyz_checks_the_database(client):
-    assert client.get("/readyz").get_json() == {"status": "ok", "database": "ok"}
+    body = client.get("/readyz").get_json()
+    assert body["status"] == "ok" and body["database"] == "ok" and body["audit"]["backlog"] == 0
 
 
 def test_readyz_is_503_when_the_database_is_unreachable(app, client, tmp_path):

@@ -258,10 +258,12 @@ def test_bodies_near_and_over_the_limit(make_app):
     assert response.status_code == 413 and response.get_json()["resourceType"] == "OperationOutcome"
 
 
-def test_a_huge_array_is_answered(client):
+def test_a_huge_array_is_answered_with_a_400_naming_it(client):
     request = load_request("acute-lbp-defer")
     request["context"]["draftOrders"]["entry"] += [{}] * 100_000
-    assert client.post(SELECT, json=request).status_code == 200
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 400  # at most CDS_MAX_ORDERS (50) draft orders are evaluated
+    assert response.get_json()["issue"][0]["expression"] == ["context.draftOrders.entry"]
 
 
 def test_unicode_in_codes_and_ids_is_answered(client):

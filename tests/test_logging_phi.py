@@ -11,7 +11,7 @@ import jwt
 import pytest
 import responses
 from conftest import SELECT, load_request
-from helpers import EC_KEY, ISS, jwk
+from helpers import EC_KEY, ISS, issue_cards, jwk
 
 NAME, MRN, BIRTH = "Canaryfamily", "MRN-CANARY-7731", "1961-07-17"
 PATIENT_ID = "pt-canary-5520"
@@ -85,6 +85,7 @@ def real_fhir_server():
 def test_no_canary_reaches_the_logs_on_any_path(canary_app, caplog, real_fhir_server):
     caplog.set_level(logging.DEBUG)  # every logger, every level
     client = canary_app.test_client()
+    issue_cards(canary_app, "c", issuer=ISS)
     secrets = []
 
     def post(path, body, token=None, raw=None):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 from conftest import SELECT, load_request
-from helpers import FEEDBACK, overridden, stored_rows, with_authorization
+from helpers import FEEDBACK, issue_cards, overridden, stored_rows, with_authorization
 from sqlalchemy import create_engine
 
 
@@ -138,7 +138,10 @@ def test_service_calls_answer_while_the_database_is_down(app, client, tmp_path):
     assert response.status_code == 200 and response.get_json()["cards"]
 
 
-def test_authenticated_calls_answer_while_the_database_is_down(make_app, tmp_path):
+def test_tokens_are_not_accepted_while_the_replay_store_is_down(make_app, tmp_path):
+    """Regression (trust round two, 11): with the database away, a jti was accepted once per worker and
+    once more after recovery. The replay check now fails closed: 503 with Retry-After, and a token is
+    accepted exactly once, after recovery."""
     import json
 
     from helpers import EC_KEY, ISS, jwk, token
@@ -146,20 +149,25 @@ def test_authenticated_calls_answer_while_the_database_is_down(make_app, tmp_pat
     issuers = tmp_path / "issuers.json"
     issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))
     app = make_app(auth="required", trusted_issuers=issuers)
-    app.extensions["cds"].store.engine = create_engine(f"sqlite:///{tmp_path}/gone/nowhere.sqlite3")
+    store = app.extensions["cds"].store
+    healthy = store.engine
+    store.engine = create_engine(f"sqlite:///{tmp_path}/gone/nowhere.sqlite3")
     client = app.test_client()
     once = token()
-    assert (
-        client.post(
-            SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {once}"}
-        ).status_code
-        == 200
-    )
-    replay = client.post(SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {once}"})
-    assert replay.status_code == 401  # replay still refused, from process memory
+
+    def call():
+        return client.post(SELECT, json=load_request("acute-lbp-defer"), headers={"Authorization": f"Bearer {once}"})
+
+    refused = call()
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert call().status_code == 503
+    store.engine = healthy
+    assert call().status_code == 200
+    assert call().status_code == 401  # the replay, now in the shared store
 
 
 def test_feedback_is_503_while_the_database_is_down_and_nothing_accepted_is_lost(app, client, tmp_path):
+    issue_cards(app, "kept-1", "refused-1")
     assert client.post(FEEDBACK, json={"feedback": [overridden(card="kept-1")]}).status_code == 200
     store = app.extensions["cds"].store
     healthy = store.engine

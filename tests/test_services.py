@@ -104,9 +104,15 @@ def test_hooks_dir_is_configurable(tmp_path, make_app):
     assert [s["id"] for s in services] == ["site-specific-sign"]
 
 
-def test_template_tokens_are_filled_and_percent_encoded():
+def test_template_tokens_are_filled_and_only_with_fhir_ids():
+    """A value that is not a FHIR id ("a b&c=d", "..") is never substituted into a query."""
     context = {"patientId": "a b&c=d", "userId": "Practitioner/77"}
-    assert render_template("Condition?patient={{context.patientId}}", context) == "Condition?patient=a%20b%26c%3Dd"
+    assert render_template("Condition?patient={{context.patientId}}", context) is None
+    assert render_template("Patient/{{context.patientId}}", {"patientId": ".."}) is None
+    assert (
+        render_template("Condition?patient={{context.patientId}}", {"patientId": "e.Xy-9"})
+        == "Condition?patient=e.Xy-9"
+    )
     assert (
         render_template("PractitionerRole?practitioner={{userPractitionerId}}", context)
         == "PractitionerRole?practitioner=77"

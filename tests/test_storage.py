@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from conftest import ROOT, SELECT, load_request
-from helpers import FEEDBACK, overridden
+from helpers import FEEDBACK, issue_cards, overridden
 from servers import gunicorn
 from sqlalchemy import create_engine, inspect, text
 
@@ -91,6 +91,7 @@ def test_instances_starting_at_once_migrate_one_after_the_other(database_url):
 
 def test_feedback_posted_concurrently_to_two_instances_is_stored_exactly_once(make_app):
     first, second = make_app().test_client(), make_app().test_client()
+    issue_cards(first.application, *(f"card-{i}" for i in range(60)))
     entries = [overridden(card=f"card-{i % 60}") for i in range(240)]  # every entry sent four times
 
     def post(index):
@@ -106,6 +107,9 @@ def test_feedback_posted_concurrently_to_two_instances_is_stored_exactly_once(ma
 
 def test_feedback_posted_concurrently_to_two_gunicorn_workers_is_stored_exactly_once(database_url, tmp_path):
     env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": database_url, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")}
+    store = Store(database_url)
+    store.migrate()
+    issue_cards(store, *(f"w-{i}" for i in range(50)))
     with gunicorn(env) as (base, _logs):
 
         def post(index):

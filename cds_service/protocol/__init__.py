@@ -39,17 +39,25 @@ class DraftOrders(msgspec.Struct):
     resourceType: str = "Bundle"
 
 
+# A FHIR id (R4 id datatype): what is substituted into prefetch queries; never "." or ".."
+FHIR_ID_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9\-.]{1,64}$"
+FhirId = Annotated[str, msgspec.Meta(pattern=FHIR_ID_PATTERN)]
+# Stored strings are bounded where they enter (the audit trail and feedback tables)
+Bounded128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Bounded255 = Annotated[str, msgspec.Meta(max_length=255)]
+
+
 class HookContext(msgspec.Struct):
-    patientId: NonEmptyStr
+    patientId: FhirId
     draftOrders: DraftOrders
-    userId: str | None = None
-    encounterId: str | None = None
-    selections: list[str] | None = None
+    userId: Bounded255 | None = None
+    encounterId: FhirId | None = None
+    selections: list[Bounded255] | None = None
 
 
 class HookRequest(msgspec.Struct):
-    hook: NonEmptyStr
-    hookInstance: NonEmptyStr
+    hook: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    hookInstance: Bounded128
     context: HookContext
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
@@ -61,22 +69,25 @@ class HookRequest(msgspec.Struct):
 
 
 class Coding(msgspec.Struct):
-    code: NonEmptyStr
-    system: NonEmptyStr
-    display: str | None = None
+    code: Bounded128
+    system: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    display: Bounded255 | None = None
+
+
+MAX_COMMENT = 4000  # characters of a clinician's override comment
 
 
 class OverrideReason(msgspec.Struct):
     reason: Coding | None = None
-    userComment: str | None = None
+    userComment: Annotated[str, msgspec.Meta(max_length=MAX_COMMENT)] | None = None
 
 
 class AcceptedSuggestion(msgspec.Struct):
-    id: NonEmptyStr
+    id: Bounded128
 
 
 class FeedbackEntry(msgspec.Struct):
-    card: NonEmptyStr
+    card: Bounded128
     outcome: Literal["accepted", "overridden"]
     outcomeTimestamp: NonEmptyStr
     acceptedSuggestions: list[AcceptedSuggestion] | None = None
@@ -125,7 +136,8 @@ def operation_outcome(
 
 _PATH = re.compile(r" - at `\$\.?([^`]*)`")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
-_QUOTED_VALUE = re.compile(r"'[^']*'")
+# a value msgspec quotes, with ' or, when it holds an apostrophe ("O'Brien"), with ": greedy, both
+_QUOTED_VALUE = re.compile(r"'.*'|\".*\"")
 
 
 def describe_decode_error(exc: msgspec.DecodeError) -> tuple[str, str | None]:
