@@ -1,4 +1,4 @@
-# The same steps as `make run`: install the package, serve it with gunicorn (gunicorn.conf.py).
+# The same steps as `make run`: install the package, serve it with `cds-service serve` (granian).
 # Build: docker build -t lumbar-mri-cds .
 # Run:   docker run -p 8080:8080 -v /etc/cds:/etc/cds:ro -e CDS_TRUSTED_ISSUERS=/etc/cds/issuers.json \
 #          -e CDS_AUDIT_KEY=... -e CDS_DATABASE_URL=postgresql+psycopg://... lumbar-mri-cds
@@ -25,4 +25,4 @@ USER cds
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s \
   CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)" || exit 1
-CMD ["gunicorn", "-c", "gunicorn.conf.py", "cds_service.wsgi:app"]
+CMD ["cds-service", "serve"]

@@ -18,7 +18,7 @@ install: $(STAMP)
 # Local trial: SQLite under ./var, no external service.
 run: $(STAMP)
 	mkdir -p var
-	PORT=$(PORT) CDS_AUTH=$${CDS_AUTH:-off} $(BIN)/gunicorn -c gunicorn.conf.py cds_service.wsgi:app
+	PORT=$(PORT) CDS_AUTH=$${CDS_AUTH:-off} $(BIN)/cds-service serve
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

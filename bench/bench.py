@@ -139,20 +139,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_gunicorn(app_path: str, port: int, env: dict, cwd: Path) -> subprocess.Popen:
+SERVER = os.environ.get("BENCH_SERVER", "granian")  # the served stack (cds-service serve); or gunicorn
+
+
+def start_server(app_path: str, port: int, env: dict, cwd: Path) -> subprocess.Popen:
+    """The app (the service, or the echo floor) under the served stack, with 2 workers."""
+    if SERVER == "gunicorn":
+        command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b",
+                   f"127.0.0.1:{port}", app_path]  # fmt: skip
+    else:
+        command = [sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads",
+                   "64", "--http", "1", "--no-ws", "--host", "127.0.0.1", "--port", str(port), app_path]  # fmt: skip
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "-w",
-            "2",
-            "-b",
-            f"127.0.0.1:{port}",
-            app_path,
-        ],
+        command,
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -168,7 +167,7 @@ def start_gunicorn(app_path: str, port: int, env: dict, cwd: Path) -> subprocess
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"gunicorn for {app_path} did not start")
+    raise RuntimeError(f"{SERVER} for {app_path} did not start")
 
 
 def load_wrk(port: int, body_file: Path) -> tuple[float, float]:
@@ -239,7 +238,7 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
     try:
         for name, app_path in (("echo", "echo_app:app"), ("service", "cds_service.wsgi:app")):
             port = free_port()
-            servers[name] = (port, start_gunicorn(app_path, port, env, ROOT / "bench"))
+            servers[name] = (port, start_server(app_path, port, env, ROOT / "bench"))
             load(port, body_file)  # warm-up
         results: dict[str, list[tuple[float, float]]] = {"echo": [], "service": []}
         for _ in range(rounds):

@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import jwt
+import slow_clients
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 from stub_process import start_fhir_stub
@@ -57,6 +58,11 @@ def rss_kib(pid: int) -> int:
 def worker_pids(master: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True).stdout
     return [int(pid) for pid in out.split()]
+
+
+SLOW_HEADERS = int(os.environ.get("SOAK_SLOW_HEADERS", "100"))
+SLOW_BODIES = int(os.environ.get("SOAK_SLOW_BODIES", "25"))
+ISSUED: list[str] = []  # card uuids answered so far: feedback is accepted only for cards this service issued
 
 
 def build_mix(stub_base: str) -> list[tuple[str, str, bytes, int]]:
@@ -122,21 +128,9 @@ def main() -> None:
         "CDS_DATABASE_URL": f"sqlite:///{work / 'soak.sqlite3'}",
         "CDS_FHIR_SERVER_ALLOWLIST": stub_base,
     }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "-w",
-            "2",
-            "--max-requests",
-            "0",
-            "-b",
-            f"127.0.0.1:{port}",
-            "cds_service.wsgi:app",
-        ],
+    env.update(PORT=str(port), WEB_CONCURRENCY="2")
+    server = subprocess.Popen(  # the served stack: cds-service serve (granian)
+        [sys.executable, "-m", "cds_service.cli", "serve"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -150,9 +144,16 @@ def main() -> None:
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise SystemExit("gunicorn did not start") from None
+                    raise SystemExit("the server did not start") from None
                 time.sleep(0.2)
+        slow: dict = {}
+        slow_thread = threading.Thread(  # slow clients connected for the whole soak: probe latency meanwhile
+            target=lambda: slow.update(slow_clients.run(port, SLOW_HEADERS, SLOW_BODIES, SECONDS - 5)), daemon=True
+        )
+        slow_thread.start()
         result = drive(port, build_mix(stub_base), server.pid)
+        slow_thread.join(30)
+        result["slow_clients"] = slow
     finally:
         server.terminate()
         server.wait(10)
@@ -172,6 +173,12 @@ def drive(port: int, mix: list, master: int) -> dict:
     rss_start: dict[int, int] = {}
 
     def one(kind: str, path: str, body: bytes, expected: int) -> None:
+        if kind == "feedback":  # about a card this service issued to this client
+            if not ISSUED:
+                return
+            entry = json.loads(body)
+            entry["feedback"][0]["card"] = ISSUED[-1]
+            body = json.dumps(entry).encode()
         now = int(time.time())
         token = jwt.encode(
             {
@@ -199,8 +206,12 @@ def drive(port: int, mix: list, master: int) -> dict:
                 },
             )
             response = connection.getresponse()
-            response.read()
+            answer = response.read()
             status = response.status
+            if kind == "valid" and status == 200:
+                cards = json.loads(answer).get("cards") or []
+                if cards:
+                    ISSUED.append(cards[0]["uuid"])
         except OSError as exc:
             status = type(exc).__name__  # type: ignore[assignment]  # an error, counted as its name
         finally:

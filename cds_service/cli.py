@@ -1,5 +1,6 @@
 """`cds-service`: the service's command line.
 
+    cds-service serve
     cds-service evaluate REQUEST.json [--now 2026-06-01T12:00:00Z] [--service ID] [--json]
     cds-service report [--since 30d] [--format table|csv|json]
 
@@ -36,10 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")
     evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response instead of the report")
+    commands.add_parser("serve", help="serve the service (granian; HOST, PORT, WEB_CONCURRENCY)")
     report_parser = commands.add_parser("report", help="override analytics from the stored audit trail and feedback")
     report_parser.add_argument("--since", default="30d", help="30d, 12h, 2w, an ISO date, or 'all' (default 30d)")
     report_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from .serve import main as serve
+
+        return serve()
     from .logs import configure_logging
 
     configure_logging("console", "WARNING")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -50,7 +51,11 @@ def _check_recipients(rt: Any, entries: list[FeedbackEntry], issuer: str | None,
     """Feedback only for cards this service issued, from the client (and tenant) that was shown them."""
     cards = [entry.card for entry in entries]
     recipients = rt.store.card_recipients(cards)
-    if len(recipients) < len(set(cards)) and rt.audit.flush(timeout=2.0):  # written in the background
+    for wait in (0.0, 0.3, 0.7):  # audit rows are written in the background, maybe by another worker
+        if len(recipients) == len(set(cards)):
+            break
+        rt.audit.flush(timeout=2.0)
+        time.sleep(wait)
         recipients = rt.store.card_recipients(cards)
     for index, entry in enumerate(entries):
         where = [f"feedback.{index}.card"]
