@@ -164,11 +164,18 @@ class Presenter:
     new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())
 
     # --- the rating (R-18) -------------------------------------------------------------------
-    def rated_copy(self, order: dict[str, Any], rating: str, category: str | None) -> dict[str, Any]:
-        """The order with the Argonaut PAMA rating extensions and no other change."""
-        return self._rated(order, rating, category)[0]
+    def new_consult_id(self) -> str:
+        """One consult id per evaluated order: the rating action and every suggestion carry it, so that
+        whichever the clinician accepts, the order's consult id is the one in the audit trail."""
+        return f"urn:uuid:{self.new_uuid()}"
 
-    def _rated(self, order: dict[str, Any], rating: str, category: str | None) -> tuple[dict[str, Any], str]:
+    def rated_copy(self, order: dict[str, Any], rating: str, category: str | None, consult_id: str) -> dict[str, Any]:
+        """The order with the Argonaut PAMA rating extensions and no other change."""
+        return self._rated(order, rating, category, consult_id)[0]
+
+    def _rated(
+        self, order: dict[str, Any], rating: str, category: str | None, consult_id: str
+    ) -> tuple[dict[str, Any], str]:
         resource = orjson.loads(orjson.dumps(order))  # a deep copy: JSON data, several times faster than deepcopy
         kept = [
             e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)
@@ -178,14 +185,13 @@ class Presenter:
             rating_codings.append(
                 {"system": ACR_CATEGORY_SYSTEM, "code": category, "display": CATEGORY_NAMES[category]}
             )
-        consult_id = f"urn:uuid:{self.new_uuid()}"
         resource["extension"] = kept + [
             {"url": PAMA_RATING, "valueCodeableConcept": {"coding": rating_codings}},
             {"url": PAMA_CONSULT_ID, "valueUri": consult_id},
         ]
         return resource, consult_id
 
-    def rating_action(self, assessment: Assessment, order: dict[str, Any]) -> RatingAction:
+    def rating_action(self, assessment: Assessment, order: dict[str, Any], consult_id: str) -> RatingAction:
         if assessment.category is not None:
             basis = f", {assessment.variant.name}" if assessment.variant else ""
             basis += " (ACR Appropriateness Criteria, Low Back Pain)"
@@ -193,7 +199,7 @@ class Presenter:
             basis = " (no ACR low back pain variant applies)"
         else:
             basis = f" (no ACR variant applies; basis: {assessment.primary.rule.citations[0].label.split(',')[0]})"
-        resource, consult_id = self._rated(order, assessment.rating, assessment.category)
+        resource, consult_id = self._rated(order, assessment.rating, assessment.category, consult_id)
         action = {
             "type": "update",
             "description": f"Record the appropriateness rating: {RATING_DISPLAYS[assessment.rating]}{basis}",
@@ -202,10 +208,10 @@ class Presenter:
         return RatingAction(consult_id, action)
 
     # --- cards --------------------------------------------------------------------------------
-    def cards(self, assessment: Assessment, order: dict[str, Any]) -> list[PresentedCard]:
-        return [self._card(finding, assessment, order) for finding in assessment.findings]
+    def cards(self, assessment: Assessment, order: dict[str, Any], consult_id: str) -> list[PresentedCard]:
+        return [self._card(finding, assessment, order, consult_id) for finding in assessment.findings]
 
-    def _card(self, finding: Finding, assessment: Assessment, order: dict[str, Any]) -> PresentedCard:
+    def _card(self, finding: Finding, assessment: Assessment, order: dict[str, Any], consult_id: str) -> PresentedCard:
         topic = finding.card_topic
         card_uuid = self.new_uuid()
         card: dict[str, Any] = {
@@ -219,7 +225,7 @@ class Presenter:
                 "topic": {"system": TOPIC_SYSTEM, "code": topic.value, "display": topic.display},
             },
         }
-        suggestions = [self._suggestion(p, finding, assessment, order) for p in finding.proposals]
+        suggestions = [self._suggestion(p, finding, assessment, order, consult_id) for p in finding.proposals]
         if suggestions:
             card["suggestions"] = suggestions
             card["selectionBehavior"] = "at-most-one"
@@ -267,12 +273,12 @@ class Presenter:
 
     # --- suggestions --------------------------------------------------------------------------
     def _suggestion(
-        self, proposal: Proposal, finding: Finding, assessment: Assessment, order: dict[str, Any]
+        self, proposal: Proposal, finding: Finding, assessment: Assessment, order: dict[str, Any], consult_id: str
     ) -> dict[str, Any]:
         reference = f"ServiceRequest/{order.get('id')}"
         actions: list[dict[str, Any]]
         if proposal.kind == "set-priority":
-            resource = self.rated_copy(order, assessment.rating, assessment.category)
+            resource = self.rated_copy(order, assessment.rating, assessment.category, consult_id)
             resource["priority"] = proposal.value
             actions = [
                 {
@@ -284,7 +290,7 @@ class Presenter:
         elif proposal.kind == "replace-study":
             site, *more = self.site_codes[str(proposal.value)]  # more: studies ordered with it (thoracic CT)
             rating, category = _rating_of(site, assessment)
-            resource = self.rated_copy(order, rating, category)
+            resource = self.rated_copy(order, rating, category, consult_id)
             resource["code"] = {"coding": [dict(site["coding"])], "text": site["coding"]["display"]}
             description = f"Change the order to {site['coding']['display']}"
             if proposal.priority:

@@ -1,6 +1,9 @@
 """`cds-service`: the service's command line.
 
     cds-service serve
+    cds-service send [--url URL] [--json] REQUEST.json...
+    cds-service load-fixtures --fhir URL
+    cds-service token --key PEM --iss ISS --aud URL [--kid KID]
     cds-service evaluate REQUEST.json [--now 2026-06-01T12:00:00Z] [--service ID] [--json]
     cds-service report [--since 30d] [--format table|csv|json]
 
@@ -38,6 +41,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")
     evaluate.add_argument("--json", action="store_true", help="print the CDS Hooks response instead of the report")
     commands.add_parser("serve", help="serve the service (granian; HOST, PORT, WEB_CONCURRENCY)")
+    sender = commands.add_parser("send", help="post example requests to a running service, dates moved to today")
+    sender.add_argument("requests", type=Path, nargs="+", help="CDS Hooks requests, e.g. fixtures/requests/*.json")
+    sender.add_argument("--url", default="http://127.0.0.1:8080", help="the service's base URL")
+    sender.add_argument("--token", help="a bearer JWT (see README: making a test token)")
+    sender.add_argument("--json", action="store_true", help="print the raw CDS Hooks response")
+    token = commands.add_parser("token", help="mint a test CDS client JWT (ES384 or RS384) with a private key")
+    token.add_argument("--key", type=Path, required=True, help="a PEM private key (EC P-384 or RSA)")
+    token.add_argument("--iss", required=True, help="the issuer, as in CDS_TRUSTED_ISSUERS")
+    token.add_argument("--aud", required=True, help="the URL called, e.g. https://cds.hospital.org/cds-services")
+    token.add_argument("--kid", help="the key id of the issuer's JWK Set")
+    token.add_argument("--tenant", help="a tenant claim")
+    token.add_argument("--lifetime", type=int, default=300, help="seconds until exp (default 300)")
+    load = commands.add_parser("load-fixtures", help="PUT every patient fixture into a FHIR R4 server, dates moved")
+    load.add_argument("--fhir", required=True, help="the FHIR server's base URL, e.g. http://localhost:8103/fhir/R4")
+    load.add_argument("--token", help="a bearer token for the FHIR server")
     report_parser = commands.add_parser("report", help="override analytics from the stored audit trail and feedback")
     report_parser.add_argument("--since", default="30d", help="30d, 12h, 2w, an ISO date, or 'all' (default 30d)")
     report_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -46,10 +64,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .serve import main as serve
 
         return serve()
+    if args.command == "token":
+        return _token(args)
+    if args.command in ("send", "load-fixtures"):
+        from .trial_cli import load_fixtures, send
+
+        return send(args) if args.command == "send" else load_fixtures(args)
     from .logs import configure_logging
 
     configure_logging("console", "WARNING")
     return _evaluate(args) if args.command == "evaluate" else _report(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(args.key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"--key: not a readable unencrypted PEM private key ({type(exc).__name__})", file=sys.stderr)
+        return 2
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm = {"secp384r1": "ES384", "secp256r1": "ES256"}.get(key.curve.name)
+    else:
+        algorithm = "RS384" if isinstance(key, rsa.RSAPrivateKey) else None
+    if algorithm is None:
+        print("--key: an EC P-384 (or P-256) or an RSA private key is needed", file=sys.stderr)
+        return 2
+    now = int(time.time())
+    claims = {"iss": args.iss, "sub": args.iss, "aud": args.aud, "iat": now, "exp": now + args.lifetime,
+              "jti": str(uuid.uuid4())}  # fmt: skip
+    if args.tenant:
+        claims["tenant"] = args.tenant
+    headers = {"typ": "JWT", **({"kid": args.kid} if args.kid else {})}
+    print(jwt.encode(claims, key, algorithm=algorithm, headers=headers))  # type: ignore[arg-type]  # EC or RSA
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

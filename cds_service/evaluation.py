@@ -111,12 +111,13 @@ class Evaluator:
             assessment = assess(
                 reader.read(record, order.resource, model, order.study), self.settings.thresholds, self.knowledge.rules
             )
+            consult_id = self.presenter.new_consult_id()
             evaluation.results.append(
                 OrderResult(
                     order,
                     assessment,
-                    self.presenter.cards(assessment, order.resource),
-                    self.presenter.rating_action(assessment, order.resource),
+                    self.presenter.cards(assessment, order.resource, consult_id),
+                    self.presenter.rating_action(assessment, order.resource, consult_id),
                 )
             )
         cards = [card.json for result in evaluation.results for card in result.cards]

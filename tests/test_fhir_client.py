@@ -81,7 +81,7 @@ def test_paging_is_followed_on_the_same_server(make_app):
         )
         record = evaluate(app, request).record
         assert len(mock.calls) == 2
-    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+    assert {c.id for c in record.conditions} == {"cancer-history-c-lbp", "cancer-history-c-brca"}
 
 
 def test_a_paginated_prefetch_is_completed_from_the_server(make_app):
@@ -93,7 +93,7 @@ def test_a_paginated_prefetch_is_completed_from_the_server(make_app):
     with responses.RequestsMock() as mock:
         mock.get(f"{FHIR}/Condition", json=searchset(second["resource"]))
         record = evaluate(app, request).record
-    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+    assert {c.id for c in record.conditions} == {"cancer-history-c-lbp", "cancer-history-c-brca"}
 
 
 def test_next_link_to_another_host_is_refused_and_gets_no_token(fallback_client):

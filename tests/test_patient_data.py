@@ -26,7 +26,7 @@ def test_complete_prefetch_builds_a_typed_record_without_calling_out(app):
     record = evaluation.record
     assert isinstance(record.patient, Patient) and str(record.patient.birthDate) == "1962-09-05"
     assert all(isinstance(c, Condition) for c in record.conditions)
-    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+    assert {c.id for c in record.conditions} == {"cancer-history-c-lbp", "cancer-history-c-brca"}
     assert set(record.sources.values()) == {"prefetch"}
     assert not record.fallback_used
 
@@ -86,7 +86,7 @@ def test_partial_prefetch_fetches_only_the_missing_keys_with_the_bearer_token(fa
         assert "patient=pt-acute-lbp" in mock.calls[0].request.url
     record = evaluation.record
     assert record.sources["conditions"] == "fetched" and record.sources["patient"] == "prefetch"
-    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert [c.id for c in record.conditions] == ["acute-lbp-c-lbp"]
     assert record.fallback_used
 
 
@@ -100,7 +100,7 @@ def test_operation_outcome_in_prefetch_is_treated_as_missing_and_fetched(fallbac
     with responses.RequestsMock() as mock:
         mock.get(f"{FHIR}/Condition", json=conditions)
         evaluation = evaluate(fallback_app, request)
-    assert {c.id for c in evaluation.record.conditions} == {"c-lbp", "c-brca"}
+    assert {c.id for c in evaluation.record.conditions} == {"cancer-history-c-lbp", "cancer-history-c-brca"}
 
 
 def test_operation_outcome_without_fhir_access_is_412(client):
@@ -131,7 +131,7 @@ def test_omit_policy_carries_on_without_the_key(tmp_path, make_app):
 
 def test_entered_in_error_and_refuted_resources_are_ignored(app):
     record = evaluate(app, load_request("entered-in-error-red-flag")).record
-    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert [c.id for c in record.conditions] == ["entered-in-error-red-flag-c-lbp"]
     assert record.observations == []
 
 
@@ -141,7 +141,7 @@ def test_resources_of_another_patient_are_ignored(app):
     stray.update(id="someone-else", subject={"reference": "https://ehr.example.org/fhir/Patient/other-patient"})
     request["prefetch"]["conditions"]["entry"].append({"resource": stray})
     record = evaluate(app, request).record
-    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert [c.id for c in record.conditions] == ["acute-lbp-c-lbp"]
     assert any("another patient" in note for note in record.data_quality)
 
 
@@ -155,7 +155,7 @@ def test_only_resources_the_rules_read_get_typed_models(app):
     }
     request["prefetch"]["conditions"]["entry"].append({"resource": hypertension})
     record = evaluate(app, request).record
-    assert [c.id for c in record.conditions] == ["c-lbp"]
+    assert [c.id for c in record.conditions] == ["acute-lbp-c-lbp"]
     assert record.seen > record.kept
 
 
@@ -164,7 +164,7 @@ def test_icd_codes_without_dots_and_oid_systems_are_recognised(app):
     request["prefetch"]["conditions"]["entry"][0]["resource"]["code"]["coding"][0].update(
         system="urn:oid:2.16.840.1.113883.6.90", code="M5450"
     )
-    assert [c.id for c in evaluate(app, request).record.conditions] == ["c-lbp"]
+    assert [c.id for c in evaluate(app, request).record.conditions] == ["acute-lbp-c-lbp"]
 
 
 def test_an_invalid_element_is_dropped_not_the_red_flag(app):
@@ -175,8 +175,8 @@ def test_an_invalid_element_is_dropped_not_the_red_flag(app):
     del ces["subject"]
     record = evaluate(app, request).record
     kept = {c.id: c for c in record.conditions}
-    assert "c-ces" in kept and kept["c-ces"].recordedDate is None
-    assert str(kept["c-ces"].onsetDateTime) == "2026-05-31"
+    assert "cauda-equina-c-ces" in kept and kept["cauda-equina-c-ces"].recordedDate is None
+    assert str(kept["cauda-equina-c-ces"].onsetDateTime) == "2026-05-31"
     assert any("Condition" in note and "dropped" in note for note in record.data_quality)
 
 
@@ -192,7 +192,7 @@ def test_searchset_outcome_entries_and_unknown_types_are_skipped(app):
     entries.append(
         {"resource": {"resourceType": "Encounter", "id": "e1", "status": "finished"}, "search": {"mode": "include"}}
     )
-    assert [c.id for c in evaluate(app, request).record.conditions] == ["c-lbp"]
+    assert [c.id for c in evaluate(app, request).record.conditions] == ["acute-lbp-c-lbp"]
 
 
 def test_prefetch_for_non_lumbar_orders_is_never_read(client):
@@ -208,7 +208,7 @@ def test_observations_outside_their_look_back_window_are_not_read(app):
     old = json.loads(json.dumps(request["prefetch"]["observations"]["entry"][0]))
     old["resource"].update(id="o-temp-old", effectiveDateTime="2026-04-01T08:00:00Z")
     request["prefetch"]["observations"]["entry"].append(old)
-    assert [o.id for o in evaluate(app, request).record.observations] == ["o-temp"]
+    assert [o.id for o in evaluate(app, request).record.observations] == ["spinal-infection-risk-o-temp"]
 
 
 def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(app):
@@ -222,7 +222,7 @@ def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(a
         }
     )
     record = evaluate(app, request).record
-    assert {c.id for c in record.conditions} == {"c-lbp", "c-brca"}
+    assert {c.id for c in record.conditions} == {"cancer-history-c-lbp", "cancer-history-c-brca"}
 
 
 def test_fast_and_careful_decoding_build_the_same_record(app):
