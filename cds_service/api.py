@@ -35,8 +35,9 @@ def call_service(service_id: str):
     started = time.perf_counter()
     hook_request = decode_hook_request(request_body())
     g.hookInstance = hook_request.hookInstance
-    evaluation = rt.evaluator.evaluate(service, hook_request)
     client = g.get("cds_client")
+    profile, site_codes = (client.profile, client.site_codes) if client else (None, None)
+    evaluation = rt.evaluator.evaluate(service, hook_request, profile, site_codes)
     latency_ms = (time.perf_counter() - started) * 1000
     rt.audit.write(
         rt.audit.records(

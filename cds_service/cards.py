@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 
+from .configuration import ClientProfile
 from .knowledge.facts import Evidence, Facts
-from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, radiation_level
+from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, UNA, radiation_level
 from .knowledge.rules import Assessment, Finding, Proposal, RatingBasis, Topic, rating_for
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"
@@ -157,10 +158,17 @@ class RatingAction:
     json: dict[str, Any]
 
 
+EPIC_SCORE_BAND_SYSTEM = "urn:lumbar-mri-cds:epic-score-band"
+# Epic stores an appropriateness score band: 7-9 Indicated, 4-6 Marginal, 1-3 Low Utility
+_EPIC_BANDS = {UA: ("indicated", "Indicated (7-9)"), MBA: ("marginal", "Marginal (4-6)"),
+               UNA: ("low-utility", "Low Utility (1-3)")}  # fmt: skip
+_EPIC_BAND_BY_RATING = {"appropriate": _EPIC_BANDS[UA], "not-appropriate": _EPIC_BANDS[UNA]}
+
+
 @dataclass
 class Presenter:
     site_codes: dict[str, list[dict[str, Any]]]
-    sandbox_system_actions: bool = True
+    profile: ClientProfile = ClientProfile.SANDBOX
     new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())
 
     # --- the rating (R-18) -------------------------------------------------------------------
@@ -185,6 +193,9 @@ class Presenter:
             rating_codings.append(
                 {"system": ACR_CATEGORY_SYSTEM, "code": category, "display": CATEGORY_NAMES[category]}
             )
+        band = _EPIC_BANDS.get(category or "") or _EPIC_BAND_BY_RATING.get(rating)
+        if self.profile is ClientProfile.EPIC and band is not None:
+            rating_codings.append({"system": EPIC_SCORE_BAND_SYSTEM, "code": band[0], "display": band[1]})
         resource["extension"] = kept + [
             {"url": PAMA_RATING, "valueCodeableConcept": {"coding": rating_codings}},
             {"url": PAMA_CONSULT_ID, "valueUri": consult_id},
@@ -228,7 +239,8 @@ class Presenter:
         suggestions = [self._suggestion(p, finding, assessment, order, consult_id) for p in finding.proposals]
         if suggestions:
             card["suggestions"] = suggestions
-            card["selectionBehavior"] = "at-most-one"
+            # Epic's client supports only "any"; every suggestion is a complete, safe order on its own
+            card["selectionBehavior"] = "any" if self.profile is ClientProfile.EPIC else "at-most-one"
         card["overrideReasons"] = [
             {"system": OVERRIDE_SYSTEM, "code": code, "display": display}
             for code, display in _override_reasons(finding)

@@ -30,6 +30,14 @@ class AuditWrite(enum.StrEnum):
     INLINE = "inline"  # written before the answer (tests, or sites that prefer it)
 
 
+class ClientProfile(enum.StrEnum):
+    """What a CDS client needs beyond CDS Hooks 2.0 as written; per trusted issuer, or the default."""
+
+    GENERIC = "generic"  # CDS Hooks 2.0 as written
+    EPIC = "epic"  # selectionBehavior any; the rating also as Epic's score band; the site's preference-list codes
+    SANDBOX = "sandbox"  # ratings also in extension.systemActions (the CDS Hooks sandbox reads only that)
+
+
 class PrefetchFailurePolicy(enum.StrEnum):
     """What to do when a prefetch key can be neither read from the request nor fetched."""
 
@@ -74,7 +82,7 @@ class Settings:
     fhir_max_response_bytes: int = 20 * 1024 * 1024
     max_body_bytes: int = 10 * 1024 * 1024
     max_orders: int = 50  # draft orders per hook call; more is a 400 naming context.draftOrders.entry
-    sandbox_system_actions: bool = True  # also emit extension.systemActions (the sandbox reads only that)
+    client_profile: ClientProfile = ClientProfile.SANDBOX  # for clients whose issuer names none (and CDS_AUTH=off)
     public_base_url: str | None = None  # external URL behind a proxy (JWT `aud`)
     site_codes: Path | None = None  # order codes for suggested studies; default knowledge/site_codes.json
     trusted_issuers: Path | None = None  # CDS clients whose JWTs are accepted
@@ -121,7 +129,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_FHIR_MAX_RESPONSE_BYTES": ("fhir_max_response_bytes", int),
     "CDS_MAX_BODY_BYTES": ("max_body_bytes", int),
     "CDS_MAX_ORDERS": ("max_orders", int),
-    "CDS_SANDBOX_SYSTEM_ACTIONS": ("sandbox_system_actions", _bool),
+    "CDS_CLIENT_PROFILE": ("client_profile", ClientProfile),
     "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
     "CDS_SITE_CODES": ("site_codes", Path),
     "CDS_TRUSTED_ISSUERS": ("trusted_issuers", Path),

@@ -5,14 +5,16 @@ request -> orders to evaluate -> patient record -> assessment (clinical knowledg
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from .cards import PresentedCard, Presenter, RatingAction, load_site_codes
-from .configuration import Settings
+from .configuration import ClientProfile, Settings
 from .fhir_client import ConnectionPools, FhirClient
 from .fhir_models import draft_order_model
 from .knowledge import Knowledge, OrderedStudy
@@ -88,12 +90,30 @@ class Evaluator:
     ) -> None:
         self.settings = settings
         self.knowledge = knowledge
-        self.presenter = presenter or Presenter(load_site_codes(settings.site_codes), settings.sandbox_system_actions)
+        self.presenter = presenter or Presenter(load_site_codes(settings.site_codes), settings.client_profile)
+        self._presenters: dict[tuple[ClientProfile, str | None], Presenter] = {}
         self.clock = clock
         self.fhir_client_factory = fhir_client_factory
         self.fhir_pools = ConnectionPools()
 
-    def evaluate(self, service: ServiceDefinition, request: HookRequest) -> Evaluation:
+    def presenter_for(self, profile: ClientProfile | None, site_codes: str | None = None) -> Presenter:
+        """The presenter for a client's profile (and its own site code map, e.g. Epic preference-list codes)."""
+        profile = profile or self.settings.client_profile
+        if profile is self.presenter.profile and site_codes is None:
+            return self.presenter
+        key = (profile, site_codes)
+        if key not in self._presenters:
+            codes = load_site_codes(Path(site_codes)) if site_codes else self.presenter.site_codes
+            self._presenters[key] = dataclasses.replace(self.presenter, site_codes=codes, profile=profile)
+        return self._presenters[key]
+
+    def evaluate(
+        self,
+        service: ServiceDefinition,
+        request: HookRequest,
+        profile: ClientProfile | None = None,
+        site_codes: str | None = None,
+    ) -> Evaluation:
         check_request(service, request, self.settings.max_orders)
         started = time.perf_counter()
         orders = self.orders_to_evaluate(service, request)
@@ -105,25 +125,26 @@ class Evaluator:
         record = build_record(request, service, self.settings, reading_list, self.fhir_client_factory, self.fhir_pools)
         fetched = time.perf_counter()
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
+        presenter = self.presenter_for(profile, site_codes)
         reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now, self.knowledge.facts)
         for order in orders:
             model = draft_order_model(order.resource, record.patient_id, record.data_quality)
             assessment = assess(
                 reader.read(record, order.resource, model, order.study), self.settings.thresholds, self.knowledge.rules
             )
-            consult_id = self.presenter.new_consult_id()
+            consult_id = presenter.new_consult_id()
             evaluation.results.append(
                 OrderResult(
                     order,
                     assessment,
-                    self.presenter.cards(assessment, order.resource, consult_id),
-                    self.presenter.rating_action(assessment, order.resource, consult_id),
+                    presenter.cards(assessment, order.resource, consult_id),
+                    presenter.rating_action(assessment, order.resource, consult_id),
                 )
             )
         cards = [card.json for result in evaluation.results for card in result.cards]
         actions = [result.rating.json for result in evaluation.results]
         evaluation.response = {"cards": cards, "systemActions": actions}
-        if self.settings.sandbox_system_actions:
+        if presenter.profile is ClientProfile.SANDBOX:
             evaluation.response["extension"] = {"systemActions": actions}  # the sandbox reads only this
         if self.settings.silent or service.silent:  # silent roll-out: evaluate and audit, show nothing
             evaluation.silent, evaluation.full_response = True, evaluation.response

@@ -21,7 +21,7 @@ from flask import Flask, Response, g, request
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import InvalidTokenError, PyJWKClientConnectionError, PyJWKClientError, PyJWKError
 
-from .configuration import AuthMode, Settings
+from .configuration import AuthMode, ClientProfile, Settings
 from .protocol import operation_outcome
 from .runtime import json_response
 
@@ -119,6 +119,8 @@ class TrustedIssuer:
     keys: PyJWKSet | None = None  # an inline JWK Set
     jku: tuple[str, ...] = ()  # or allowed JWK Set URLs
     clients: dict[str, LimitedJWKClient] | None = None
+    profile: ClientProfile | None = None  # what this client needs (generic, epic, sandbox); None: the default
+    site_codes: str | None = None  # this client's order codes (Epic: its preference-list codes)
 
     def key_for(self, header: dict[str, Any]) -> PyJWK:
         kid = header.get("kid")
@@ -158,6 +160,14 @@ def load_trusted_issuers(path: Path | None) -> dict[str, TrustedIssuer]:
         iss = entry.get("iss") if isinstance(entry, dict) else None
         if not isinstance(iss, str) or not iss:
             raise TrustError("CDS_TRUSTED_ISSUERS: every issuer needs an 'iss'")
+        try:
+            profile = ClientProfile(entry["profile"]) if "profile" in entry else None
+        except ValueError:
+            choices = ", ".join(p.value for p in ClientProfile)
+            raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: profile must be one of {choices}") from None
+        site_codes = entry.get("siteCodes")
+        if site_codes is not None and not Path(str(site_codes)).is_file():
+            raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: siteCodes {site_codes!r} is not a readable file")
         if ("jwks" in entry) == ("jku" in entry):
             raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: give exactly one of 'jwks' and 'jku'")
         if "jwks" in entry:
@@ -170,7 +180,7 @@ def load_trusted_issuers(path: Path | None) -> dict[str, TrustedIssuer]:
                 if key.key_type == "RSA" and size is not None and size < MIN_RSA_BITS:
                     raise TrustError(f"CDS_TRUSTED_ISSUERS: {iss}: key {key.key_id!r} is RSA {size} bits; "
                                      f"at least {MIN_RSA_BITS} are required")  # fmt: skip
-            issuers[iss] = TrustedIssuer(iss, keys=keys)
+            issuers[iss] = TrustedIssuer(iss, keys=keys, profile=profile, site_codes=site_codes)
         else:
             urls = tuple(entry["jku"]) if isinstance(entry["jku"], list) else (entry["jku"],)
             if not urls or not all(isinstance(u, str) and u.startswith("https://") for u in urls):
@@ -185,7 +195,7 @@ def load_trusted_issuers(path: Path | None) -> dict[str, TrustedIssuer]:
                 )
                 for url in urls
             }
-            issuers[iss] = TrustedIssuer(iss, jku=urls, clients=clients)
+            issuers[iss] = TrustedIssuer(iss, jku=urls, clients=clients, profile=profile, site_codes=site_codes)
     return issuers
 
 
@@ -202,6 +212,8 @@ class Client:
     jti: str
     tenant: str | None
     expires: float
+    profile: ClientProfile | None = None
+    site_codes: str | None = None
 
 
 ReplayCheck = Callable[[Client], bool]  # True when the jti was not seen before (and is now remembered)
@@ -276,7 +288,8 @@ class Authenticator:
         if claims["exp"] - claims["iat"] > self.max_lifetime:
             raise AuthError("token lifetime too long")
         tenant = claims.get("tenant") if isinstance(claims.get("tenant"), str) else None
-        client = Client(issuer.iss, claims["jti"], tenant, float(claims["exp"]) + self.leeway)
+        client = Client(issuer.iss, claims["jti"], tenant, float(claims["exp"]) + self.leeway, issuer.profile,
+                        issuer.site_codes)  # fmt: skip
         if not self.remember_jti(client):
             raise AuthError("jti replayed")
         return client

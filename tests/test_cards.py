@@ -10,6 +10,7 @@ from conftest import FIXTURES, SCENARIOS, load_request
 
 from cds_service.cards import PAMA_CONSULT_ID, PAMA_RATING, PAMA_RATING_SYSTEM
 
+SELECT_PATH = "/cds-services/lumbar-mri-order-select"
 NAMES = sorted(SCENARIOS["scenarios"])
 SERVICE_FOR = {"order-select": "lumbar-mri-order-select", "order-sign": "lumbar-mri-order-sign"}
 INDICATORS = {"info", "warning", "critical"}
@@ -228,9 +229,43 @@ def test_consult_ids_are_new_for_every_evaluation(client):
     assert ids[0] != ids[1]
 
 
-def test_the_sandbox_copy_of_system_actions_can_be_switched_off(make_app):
-    body = answer(make_app(sandbox_system_actions=False).test_client(), "acute-lbp-defer")
+def test_the_generic_profile_sends_system_actions_as_cds_hooks_2_0_writes_them(make_app):
+    body = answer(make_app(client_profile="generic").test_client(), "acute-lbp-defer")
     assert "extension" not in body and body["systemActions"]
+    assert {card["selectionBehavior"] for card in body["cards"] if card.get("suggestions")} == {"at-most-one"}
+
+
+def test_the_epic_profile_allows_any_suggestions_and_adds_the_score_band(make_app):
+    body = answer(make_app(client_profile="epic").test_client(), "pacemaker-ct-alternative")
+    assert "extension" not in body
+    assert {card["selectionBehavior"] for card in body["cards"] if card.get("suggestions")} == {"any"}
+    codings = body["systemActions"][0]["resource"]["extension"][-2]["valueCodeableConcept"]["coding"]
+    assert {
+        "system": "urn:lumbar-mri-cds:epic-score-band",
+        "code": "indicated",
+        "display": "Indicated (7-9)",
+    } in codings
+    deferred = answer(make_app(client_profile="epic").test_client(), "acute-lbp-defer")
+    codings = deferred["systemActions"][0]["resource"]["extension"][-2]["valueCodeableConcept"]["coding"]
+    assert any(c.get("code") == "low-utility" for c in codings)
+
+
+def test_a_trusted_issuer_names_its_profile_and_its_preference_list_codes(make_app, tmp_path):
+    from helpers import EC_KEY, ISS, jwk, token
+
+    codes = tmp_path / "epic-codes.json"
+    codes.write_text(json.dumps({"ct_lumbar_without_contrast": [
+        {"coding": {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.2.696580", "code": "IMG1234",
+                    "display": "CT L-SPINE WO"}, "modality": "ct"}]}))  # fmt: skip
+    issuers = tmp_path / "issuers.json"
+    issuers.write_text(json.dumps({"issuers": [{"iss": ISS, "profile": "epic", "siteCodes": str(codes),
+                                                "jwks": {"keys": [jwk(EC_KEY, "ec-1", "ES384")]}}]}))  # fmt: skip
+    client = make_app(auth="required", trusted_issuers=issuers).test_client()
+    body = client.post(SELECT_PATH, json=load_request("pacemaker-ct-alternative"),
+                       headers={"Authorization": f"Bearer {token()}"}).get_json()  # fmt: skip
+    ct = card_on(body, "ct-alternative")
+    assert ct["selectionBehavior"] == "any"
+    assert ct["suggestions"][0]["actions"][0]["resource"]["code"]["coding"][0]["code"] == "IMG1234"
 
 
 def test_sandbox_applies_our_updates(client):

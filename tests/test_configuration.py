@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.configuration import AuthMode, load_settings
+from cds_service.configuration import AuthMode, ClientProfile, load_settings
 
 
 def test_defaults_are_safe():
@@ -23,7 +23,7 @@ def test_environment_is_parsed():
             "CDS_CORS_ORIGINS": "https://sandbox.cds-hooks.org",
             "CDS_FHIR_BUDGET_SECONDS": "1.5",
             "CDS_AUTH": "off",
-            "CDS_SANDBOX_SYSTEM_ACTIONS": "false",
+            "CDS_CLIENT_PROFILE": "generic",
             "CDS_THRESHOLD_ELDERLY_AGE": "70",
         }
     )
@@ -31,7 +31,7 @@ def test_environment_is_parsed():
     assert settings.cors_origins == ("https://sandbox.cds-hooks.org",)
     assert settings.fhir_budget_seconds == 1.5
     assert settings.auth is AuthMode.OFF
-    assert settings.sandbox_system_actions is False
+    assert settings.client_profile is ClientProfile.GENERIC
     assert settings.thresholds.elderly_age == 70
 
 
@@ -40,7 +40,7 @@ def test_environment_is_parsed():
     [
         ("CDS_AUTH", "maybe"),
         ("CDS_FHIR_BUDGET_SECONDS", "soon"),
-        ("CDS_SANDBOX_SYSTEM_ACTIONS", "perhaps"),
+        ("CDS_CLIENT_PROFILE", "perhaps"),
         ("CDS_MAX_BODY_BYTES", "-1"),
     ],
 )
