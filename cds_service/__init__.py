@@ -39,7 +39,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     knowledge = Knowledge()
     store = Store(settings.database_url)
-    store.migrate()
+    store.migrate_if_reachable()  # a database away at start: hook calls answered, /readyz says not ready
     app.extensions["cds"] = Runtime(
         settings=settings,
         services=load_services(settings.hooks_dir),

@@ -116,14 +116,19 @@ class Evaluator:
     ) -> Evaluation:
         check_request(service, request, self.settings.max_orders)
         started = time.perf_counter()
-        orders = self.orders_to_evaluate(service, request)
-        if not orders:
+        reviewing = service.hook == "patient-view"  # the chart's own pending orders, not drafts
+        orders = [] if reviewing else self.orders_to_evaluate(service, request)
+        if not orders and not reviewing:
             return Evaluation(response={"cards": []})
         now = self.clock()
         contrast = any(order.study.uses_contrast for order in orders)
         reading_list = self.knowledge.reading_list.within(now, self.settings.thresholds, contrast_ordered=contrast)
         record = build_record(request, service, self.settings, reading_list, self.fhir_client_factory, self.fhir_pools)
         fetched = time.perf_counter()
+        if reviewing:
+            orders = self.pending_orders(record)
+            if not orders:
+                return Evaluation(response={"cards": []}, record=record)
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
         presenter = self.presenter_for(profile, site_codes)
         reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now, self.knowledge.facts)
@@ -133,18 +138,16 @@ class Evaluator:
                 reader.read(record, order.resource, model, order.study), self.settings.thresholds, self.knowledge.rules
             )
             consult_id = presenter.new_consult_id()
+            cards = presenter.cards(assessment, order.resource, consult_id)
+            if reviewing:  # advice on a placed order: no actions on an order that is not a draft
+                cards = [_without_suggestions(card) for card in cards]
             evaluation.results.append(
-                OrderResult(
-                    order,
-                    assessment,
-                    presenter.cards(assessment, order.resource, consult_id),
-                    presenter.rating_action(assessment, order.resource, consult_id),
-                )
+                OrderResult(order, assessment, cards, presenter.rating_action(assessment, order.resource, consult_id))
             )
-        cards = [card.json for result in evaluation.results for card in result.cards]
-        actions = [result.rating.json for result in evaluation.results]
-        evaluation.response = {"cards": cards, "systemActions": actions}
-        if presenter.profile is ClientProfile.SANDBOX:
+        cards_json = [card.json for result in evaluation.results for card in result.cards]
+        actions = [] if reviewing else [result.rating.json for result in evaluation.results]
+        evaluation.response = {"cards": cards_json, "systemActions": actions}
+        if presenter.profile is ClientProfile.SANDBOX and actions:
             evaluation.response["extension"] = {"systemActions": actions}  # the sandbox reads only this
         if self.settings.silent or service.silent:  # silent roll-out: evaluate and audit, show nothing
             evaluation.silent, evaluation.full_response = True, evaluation.response
@@ -155,11 +158,24 @@ class Evaluator:
         }
         return evaluation
 
+    def pending_orders(self, record: PatientRecord) -> list[OrderUnderReview]:
+        """patient-view (Oracle Health's client offers no order hooks): the chart's active lumbar MRI
+        orders not yet performed, reviewed with the same rules and cards."""
+        orders = []
+        for model in record.service_requests:
+            if model.status not in ("active", "on-hold") or model.intent not in ("order", "original-order", "plan"):
+                continue
+            resource = model.model_dump(mode="json", exclude_none=True)
+            study = self.knowledge.lumbar_mri_study(resource)
+            if study is not None:
+                orders.append(OrderUnderReview(resource, study))
+        return orders[: self.settings.max_orders]
+
     def orders_to_evaluate(self, service: ServiceDefinition, request: HookRequest) -> list[OrderUnderReview]:
         """Draft lumbar-spine MRI ServiceRequests: for order-select those selected, for order-sign all."""
         selected = set(request.context.selections or ()) if service.hook == "order-select" else None
         orders = []
-        for entry in request.context.draftOrders.entry:
+        for entry in request.context.draftOrders.entry if request.context.draftOrders else []:
             resource = entry.resource
             if not resource or resource.get("resourceType") != "ServiceRequest" or resource.get("status") != "draft":
                 continue
@@ -171,18 +187,28 @@ class Evaluator:
         return orders
 
 
+def _without_suggestions(card: PresentedCard) -> PresentedCard:
+    body = {key: value for key, value in card.json.items() if key not in ("suggestions", "selectionBehavior")}
+    return dataclasses.replace(card, json=body)
+
+
 def check_request(service: ServiceDefinition, request: HookRequest, max_orders: int = 50) -> None:
     """What the service relies on beyond the wire shape (400 with the field named)."""
     if request.hook != service.hook:
         raise CdsError(
             400, f"This service answers the {service.hook!r} hook, not the one in the request", expression=["hook"]
         )
-    if len(request.context.draftOrders.entry) > max_orders:
+    drafts = request.context.draftOrders
+    if drafts is None:
+        if service.hook in ("order-select", "order-sign"):
+            raise CdsError(400, f"{service.hook} requires context.draftOrders", expression=["context.draftOrders"])
+        return
+    if len(drafts.entry) > max_orders:
         raise CdsError(400, f"At most {max_orders} draft orders are evaluated per call (CDS_MAX_ORDERS)",
                        expression=["context.draftOrders.entry"])  # fmt: skip
     if service.hook == "order-select" and request.context.selections is None:
         raise CdsError(400, "order-select requires context.selections", expression=["context.selections"])
-    for index, entry in enumerate(request.context.draftOrders.entry):
+    for index, entry in enumerate(drafts.entry):
         if entry.resource is not None and not isinstance(entry.resource.get("resourceType"), str):
             raise CdsError(
                 400,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -57,9 +58,15 @@ def main() -> int:
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP1Settings
 
+    from . import create_app
     from .configuration import load_settings
 
-    load_settings()  # a bad setting fails here, once, before any worker starts
+    try:  # a bad setting, issuers file or service definition: one line, before any worker starts
+        load_settings()
+        create_app()
+    except ValueError as exc:
+        print(f"cds-service: not started: {exc}", file=sys.stderr)
+        return 2
     _metrics_dir()
     workers = int(os.environ.get("WEB_CONCURRENCY") or usable_cpus())
     Granian(

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from .configuration import PrefetchFailurePolicy
 
-SUPPORTED_HOOKS = ("order-select", "order-sign")
+SUPPORTED_HOOKS = ("order-select", "order-sign", "patient-view")
 _SERVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 _FHIR_ID = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9\-.]{1,64}$")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -35,9 +36,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+log = logging.getLogger(__name__)
 SCHEMA_REVISION = "0002"  # the head of migrations/versions (a test keeps them in step)
 _MIGRATING = threading.Lock()  # Alembic's migration context is process-global: one migration at a time
 metadata = MetaData()
@@ -115,9 +117,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def normalised_url(database_url: str) -> str:
+    """postgres:// and postgresql:// (as Heroku, Render and many libpq tools write them) mean the psycopg
+    3 driver this service ships with."""
+    for prefix in ("postgres://", "postgresql://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    return database_url
+
+
 class Store:
     def __init__(self, database_url: str) -> None:
-        url = make_url(database_url)
+        url = make_url(normalised_url(database_url))
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(url, pool_pre_ping=True)
@@ -164,7 +175,22 @@ class Store:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    migrated = False  # set once the schema is current; until then readiness keeps trying
+
+    def migrate_if_reachable(self) -> bool:
+        """Migrate now if the database answers; False (logged) when it does not, so that hook calls are
+        answered while the database is away at start, and readiness migrates once it is back."""
+        try:
+            self.migrate()
+        except SQLAlchemyError as exc:
+            log.warning("database unreachable at start (%s): not ready until it answers", type(exc).__name__)
+            return False
+        self.migrated = True
+        return True
+
     def ping(self) -> None:
+        if not self.migrated and not self.migrate_if_reachable():
+            raise OperationalError("migrate", {}, Exception("the database was unreachable"))
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 

@@ -44,6 +44,7 @@ def test_metrics_count_requests_cards_ratings_and_auth_failures(make_app, tmp_pa
     assert labels <= {
         "lumbar-mri-order-select",
         "lumbar-mri-order-sign",
+        "lumbar-mri-patient-view",
         "call_service",
         "receive_feedback",
         "discovery",

@@ -16,12 +16,12 @@ from cds_service.services import DISCOVERY_FIELDS, DefinitionError, load_service
 TOKEN = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
 
-def test_discovery_lists_one_order_select_and_one_order_sign_service(client):
+def test_discovery_lists_the_order_select_order_sign_and_patient_view_services(client):
     response = client.get("/cds-services")
     assert response.status_code == 200
     services = response.get_json()["services"]
-    assert sorted(s["hook"] for s in services) == ["order-select", "order-sign"]
-    assert len({s["id"] for s in services}) == 2  # the sandbox keys services by id
+    assert sorted(s["hook"] for s in services) == ["order-select", "order-sign", "patient-view"]
+    assert len({s["id"] for s in services}) == 3  # the sandbox keys services by id
 
 
 def test_discovery_entries_carry_only_spec_fields_and_no_empty_values(client):
@@ -72,7 +72,7 @@ def test_observation_prefetch_names_exactly_the_loinc_codes_of_the_observation_v
     "change, message",
     [
         ({"prefetch": {"recent": "Observation?patient={{context.patientId}}&date=ge{{today() - 90 days}}"}}, "today()"),
-        ({"hook": "patient-view"}, "hook"),
+        ({"hook": "encounter-start"}, "hook"),
         ({"id": "has spaces"}, "URL-safe"),
         ({"description": ""}, "description"),
         ({"prefetchFailurePolicy": {"nope": "omit"}}, "unknown keys"),

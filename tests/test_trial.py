@@ -121,3 +121,26 @@ def test_cds_service_token_mints_a_jwt_the_service_accepts(make_app, tmp_path, c
     response = app.test_client().post("/cds-services/lumbar-mri-order-select", json=load_request("acute-lbp-defer"),
                                       headers={"Authorization": f"Bearer {token}"})  # fmt: skip
     assert response.status_code == 200
+
+
+def test_postgres_urls_as_libpq_tools_write_them_are_accepted():
+    from cds_service.storage import Store, normalised_url
+
+    assert normalised_url("postgres://u:p@db:5432/cds") == "postgresql+psycopg://u:p@db:5432/cds"
+    assert normalised_url("postgresql://u@db/cds") == "postgresql+psycopg://u@db/cds"
+    assert Store("postgres://u@127.0.0.1:1/cds").engine.dialect.driver == "psycopg"
+
+
+def test_hook_calls_are_answered_while_the_database_is_away_at_start(make_app):
+    app = make_app(database_url="postgresql://nobody@127.0.0.1:1/cds")  # nothing listens on port 1
+    client = app.test_client()
+    response = client.post("/cds-services/lumbar-mri-order-select", json=load_request("acute-lbp-defer"))
+    assert response.status_code == 200 and response.get_json()["cards"]
+    assert client.get("/readyz").status_code == 503
+
+
+def test_a_bad_setting_stops_serve_with_one_line_naming_it(monkeypatch, capsys):
+    monkeypatch.setenv("CDS_THRESHOLD_ELDERLY_AGE", "old")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "CDS_THRESHOLD_ELDERLY_AGE" in err and "for example 65" in err

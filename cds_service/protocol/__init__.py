@@ -49,7 +49,7 @@ Bounded255 = Annotated[str, msgspec.Meta(max_length=255)]
 
 class HookContext(msgspec.Struct):
     patientId: FhirId
-    draftOrders: DraftOrders
+    draftOrders: DraftOrders | None = None  # required by order-select and order-sign (check_request)
     userId: Bounded255 | None = None
     encounterId: FhirId | None = None
     selections: list[Bounded255] | None = None
