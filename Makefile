@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format lock bench soak install clean
+.PHONY: run test lint format lock bench soak container-test install clean
 
 # The whole dependency tree is pinned, with hashes, in requirements-dev.lock (requirements.lock for
 # the image); `make lock` regenerates both from pyproject.toml.
@@ -44,6 +44,11 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null 2>&1)); } || true
 	$(BIN)/python bench/bench.py
+
+# The image built with podman (a Debian base made with debootstrap: no registry here), run as its
+# non-root user, and checked: /healthz, discovery, a hook call, a clean log.
+container-test:
+	scripts/container-test
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
