@@ -15,6 +15,7 @@ COPY requirements.lock ./
 RUN /opt/venv/bin/pip install --no-cache-dir --quiet --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
+COPY hooks ./hooks
 RUN /opt/venv/bin/pip install --no-cache-dir --quiet --no-deps .
 
 FROM ${BASE}
@@ -22,11 +23,9 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin cds \
  && mkdir -p /app/var && chown cds:cds /app/var
 WORKDIR /app
 COPY --from=build /opt/venv /opt/venv
-COPY hooks ./hooks
 ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8080 \
-    CDS_HOOKS_DIR=/app/hooks \
     CDS_DATABASE_URL=sqlite:////app/var/cds.sqlite3 \
     PYTHONUNBUFFERED=1
 USER cds

@@ -8,12 +8,20 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INSTALLED_HOOKS = Path(sys.prefix) / "share" / "lumbar-mri-cds" / "hooks"  # pyproject data-files
+
+
+def default_hooks_dir() -> Path:
+    """hooks/ of a checkout; else the service definitions installed with the package."""
+    checkout = PROJECT_ROOT / "hooks"
+    return checkout if checkout.is_dir() else INSTALLED_HOOKS
 
 
 class AuthMode(enum.StrEnum):
@@ -73,7 +81,7 @@ class Thresholds:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = f"sqlite:///{PROJECT_ROOT / 'var' / 'cds.sqlite3'}"
-    hooks_dir: Path = PROJECT_ROOT / "hooks"
+    hooks_dir: Path = field(default_factory=default_hooks_dir)
     auth: AuthMode = AuthMode.REQUIRED
     cors_origins: tuple[str, ...] = ("*",)
     fhir_server_allowlist: tuple[str, ...] = ()  # URL prefixes; empty = never call out

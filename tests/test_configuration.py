@@ -48,3 +48,13 @@ def test_bad_values_stop_the_start_naming_the_variable(name, value):
     with pytest.raises(ValueError) as raised:
         load_settings({name: value})
     assert name in str(raised.value) or "positive" in str(raised.value)
+
+
+def test_service_definitions_are_found_outside_a_checkout(monkeypatch, tmp_path):
+    """After `pip install .` (the image) there is no hooks/ beside the package: the installed copy is used."""
+    from cds_service import configuration
+
+    monkeypatch.setattr(configuration, "PROJECT_ROOT", tmp_path)
+    assert configuration.default_hooks_dir() == configuration.INSTALLED_HOOKS
+    monkeypatch.setattr(configuration, "PROJECT_ROOT", configuration.Path(__file__).resolve().parent.parent)
+    assert configuration.default_hooks_dir().name == "hooks"
