@@ -147,9 +147,11 @@ def start_server(app_path: str, port: int, env: dict, cwd: Path) -> subprocess.P
     if SERVER == "gunicorn":
         command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b",
                    f"127.0.0.1:{port}", app_path]  # fmt: skip
-    else:
-        command = [sys.executable, "-m", "granian", "--interface", "wsgi", "--workers", "2", "--blocking-threads",
-                   "64", "--http", "1", "--no-ws", "--host", "127.0.0.1", "--port", str(port), app_path]  # fmt: skip
+    else:  # the service as cds-service serve runs it (asgi.py); the echo floor as a plain WSGI app
+        interface = "asgi" if app_path.startswith("cds_service") else "wsgi"
+        app_path = "cds_service.asgi:app" if interface == "asgi" else app_path
+        command = [sys.executable, "-m", "granian", "--interface", interface, "--workers", "2", "--http", "1",
+                   "--no-ws", "--host", "127.0.0.1", "--port", str(port), app_path]  # fmt: skip
     process = subprocess.Popen(
         command,
         cwd=cwd,

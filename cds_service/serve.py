@@ -1,15 +1,15 @@
 """The served stack: `cds-service serve` (what `make run`, the Dockerfile and the README use).
 
-granian reads each request in Rust, asynchronously, before the app runs: a client that sends its
-headers one byte at a time holds no Python worker, and is cut off after the header read limit.
-Measured on 2 cores (README, "Serving"): with 200 slow-header and 50 slow-body connections open,
-every /healthz probe and hook call was answered within 1 s (gunicorn's sync workers answered 1 of
-2; gthread with 16 threads, 1 of 2), at 0.97x the throughput of gunicorn sync workers on W1.
-A body is read by the app's thread (blocking threads per worker), so slow bodies are bounded by
-CDS_BLOCKING_THREADS; put a reverse proxy with a body read timeout in front for larger floods.
+granian reads each request's headers in Rust, asynchronously, before any Python runs: a client that
+sends its headers one byte at a time holds no worker, and is cut off at the header read limit. The
+body is then read in the event loop within its own time limit (asgi.py), and only a complete body
+reaches the Flask app, in a worker thread. Measured on 2 cores (README, "Why granian"): with 200
+slow-header and 50 slow-body connections open, every /healthz probe and hook call was answered
+within 1 s (gunicorn's sync workers and gthread: 0 of 2).
 
 Settings (environment): HOST (127.0.0.1), PORT (8080), WEB_CONCURRENCY (workers: default the CPUs
-this container may use), CDS_BLOCKING_THREADS (64), CDS_HEADER_READ_TIMEOUT_MS (5000).
+this container may use), CDS_HEADER_READ_TIMEOUT_MS (5000), CDS_BODY_READ_TIMEOUT_S (10),
+CDS_APP_THREADS (8 threads per worker running the app).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT_BLOCKING_THREADS = 64
 DEFAULT_HEADER_READ_TIMEOUT_MS = 5000
 
 
@@ -70,12 +69,11 @@ def main() -> int:
     _metrics_dir()
     workers = int(os.environ.get("WEB_CONCURRENCY") or usable_cpus())
     Granian(
-        "cds_service.wsgi:app",
+        "cds_service.asgi:app",  # the body read in the event loop, within its time limit (asgi.py)
         address=os.environ.get("HOST", "127.0.0.1"),
         port=int(os.environ.get("PORT", "8080")),
-        interface=Interfaces.WSGI,
+        interface=Interfaces.ASGI,
         workers=workers,
-        blocking_threads=int(os.environ.get("CDS_BLOCKING_THREADS", DEFAULT_BLOCKING_THREADS)),
         http=HTTPModes.http1,
         websockets=False,
         http1_settings=HTTP1Settings(

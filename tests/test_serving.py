@@ -22,7 +22,8 @@ def served(tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
-           "PORT": str(port), "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # fmt: skip
+           "PORT": str(port), "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+           "CDS_BODY_READ_TIMEOUT_S": "2"}  # fmt: skip
     log = open(tmp_path / "serve.log", "wb")
     server = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve"], cwd=ROOT, env=env,
                               stdout=log, stderr=log)  # fmt: skip
@@ -61,3 +62,13 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(served):
             answer = b""
         assert time.monotonic() - started < 9  # the header read limit (5 s), not the 10 s we would wait
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
+
+
+def test_a_client_that_drips_its_body_is_answered_408_and_holds_no_thread(served):
+    with socket.create_connection(("127.0.0.1", served)) as sock:
+        sock.sendall(b"POST /cds-services/lumbar-mri-order-select HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")  # fmt: skip
+        sock.settimeout(10)
+        started = time.monotonic()
+        answer = sock.recv(200)
+        assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 6  # CDS_BODY_READ_TIMEOUT_S=2
