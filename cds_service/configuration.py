@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -117,14 +118,6 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
-def _threshold(name: str, default: Any, raw: str) -> int | float:
-    try:
-        return int(raw) if isinstance(default, int) else float(raw)
-    except ValueError:
-        kind = "a whole number" if isinstance(default, int) else "a number"
-        raise ValueError(f"{name}: expected {kind}, for example {default}") from None
-
-
 # environment variable -> (Settings field, parser)
 _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_DATABASE_URL": ("database_url", str),
@@ -151,31 +144,59 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
 _THRESHOLD_PREFIX = "CDS_THRESHOLD_"  # e.g. CDS_THRESHOLD_ELDERLY_AGE=70
 
 
+_POSITIVE = ("fhir_budget_seconds", "fhir_max_pages", "fhir_max_response_bytes", "max_body_bytes", "max_orders",
+             "jwt_max_lifetime_seconds")  # fmt: skip
+_ENV_FOR = {attr: name for name, (attr, _) in _ENVIRONMENT.items()}
+
+
+@functools.cache
+def _adapter() -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Settings)  # pydantic validates the whole object: types, enums, nested thresholds
+
+
 def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
-    """Settings from the environment, then explicit overrides (field names). Raises ValueError on bad values."""
+    """One validated Settings object from the environment, then explicit overrides (field names).
+
+    Raises ValueError with one line naming the variable, what is wrong and an example; never the value."""
+    from pydantic import ValidationError
+
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
     for name, (attr, parse) in _ENVIRONMENT.items():
         if environ.get(name, "") != "":
-            try:
-                values[attr] = parse(environ[name])
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-    thresholds: dict[str, Any] = {}
-    for threshold in dataclasses.fields(Thresholds):
-        raw = environ.get(_THRESHOLD_PREFIX + threshold.name.upper(), "")
-        if raw != "":
-            thresholds[threshold.name] = _threshold(_THRESHOLD_PREFIX + threshold.name.upper(), threshold.default, raw)
+            raw[attr] = parse(environ[name]) if parse is _csv else environ[name].strip()
+    thresholds = {
+        threshold.name: environ[_THRESHOLD_PREFIX + threshold.name.upper()].strip()
+        for threshold in dataclasses.fields(Thresholds)
+        if environ.get(_THRESHOLD_PREFIX + threshold.name.upper(), "") != ""
+    }
     if thresholds:
-        values["thresholds"] = Thresholds(**thresholds)
-    parsers = {attr: parse for attr, parse in _ENVIRONMENT.values()}
+        raw["thresholds"] = thresholds
     for key, value in (overrides or {}).items():
-        if key == "thresholds" and isinstance(value, Mapping):
-            value = Thresholds(**value)
-        elif isinstance(value, str) and key in parsers:
-            value = parsers[key](value)  # e.g. auth="off", hooks_dir="/etc/cds/hooks"
-        values[key] = value
-    settings = Settings(**values)
-    if settings.fhir_budget_seconds <= 0 or settings.max_body_bytes <= 0:
-        raise ValueError("budgets and limits must be positive")
+        raw[key] = dataclasses.asdict(value) if isinstance(value, Thresholds) else value
+    try:
+        settings: Settings = _adapter().validate_python(raw)
+    except ValidationError as exc:
+        raise ValueError(_explain(exc.errors()[0])) from None
+    for attr in _POSITIVE:
+        if getattr(settings, attr) <= 0:
+            default = getattr(Settings(), attr)
+            raise ValueError(f"{_ENV_FOR.get(attr, attr)}: must be positive, for example {default}")
     return settings
+
+
+def _explain(error: Any) -> str:
+    """ "CDS_THRESHOLD_ELDERLY_AGE: Input should be a valid integer, for example 65" (never the value)."""
+    loc = [str(part) for part in error.get("loc", ())]
+    if len(loc) >= 2 and loc[0] == "thresholds":
+        variable = _THRESHOLD_PREFIX + loc[1].upper()
+        example = getattr(Thresholds(), loc[1], None)
+    else:
+        variable = _ENV_FOR.get(loc[0], loc[0]) if loc else "settings"
+        example = getattr(Settings(), loc[0], None) if loc else None
+    message = str(error.get("msg", "invalid")).split(",")[0]
+    if isinstance(example, enum.Enum):
+        example = example.value
+    return f"{variable}: {message}" + (f", for example {example}" if example not in (None, "", ()) else "")

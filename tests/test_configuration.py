@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.configuration import AuthMode, ClientProfile, load_settings
+from cds_service.configuration import AuthMode, ClientProfile, Thresholds, load_settings
 
 
 def test_defaults_are_safe():
@@ -58,3 +58,19 @@ def test_service_definitions_are_found_outside_a_checkout(monkeypatch, tmp_path)
     assert configuration.default_hooks_dir() == configuration.INSTALLED_HOOKS
     monkeypatch.setattr(configuration, "PROJECT_ROOT", configuration.Path(__file__).resolve().parent.parent)
     assert configuration.default_hooks_dir().name == "hooks"
+
+
+TYPED = ["CDS_AUTH", "CDS_FHIR_BUDGET_SECONDS", "CDS_FHIR_MAX_PAGES", "CDS_FHIR_MAX_RESPONSE_BYTES", "CDS_MAX_BODY_BYTES",
+         "CDS_MAX_ORDERS", "CDS_CLIENT_PROFILE", "CDS_JWT_LEEWAY_SECONDS", "CDS_JWT_MAX_LIFETIME_SECONDS",
+         "CDS_AUDIT_WRITE", "CDS_SILENT"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name", TYPED + ["CDS_THRESHOLD_" + f.name.upper() for f in __import__("dataclasses").fields(Thresholds)]
+)
+def test_every_bad_value_is_one_line_naming_the_variable_and_an_example_never_the_value(name):
+    with pytest.raises(ValueError) as raised:
+        load_settings({name: "Canary O'Value"})
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(name + ": ") and "for example" in message
+    assert "Canary" not in message
