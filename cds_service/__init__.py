@@ -46,7 +46,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
         knowledge=knowledge,
         evaluator=Evaluator(settings, knowledge, **injected),
         store=store,
-        audit=AuditTrail(store, settings.audit_key, settings.audit_write),
+        audit=AuditTrail(store, settings.audit_key, settings.audit_write, settings.audit_practitioner),
     )
     # Request hooks run in this order: timing, the CORS preflight (before any credential), then
     # authentication; the request log line is written last.

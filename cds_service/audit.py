@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError, TimeoutError
 
-from .configuration import AuditWrite
+from .configuration import AuditWrite, PractitionerRecord
 from .storage import Store
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,16 @@ def flush_all(timeout: float = 5.0) -> None:
 
 
 class AuditTrail:
-    def __init__(self, store: Store, key: str | None, mode: AuditWrite) -> None:
+    def __init__(
+        self,
+        store: Store,
+        key: str | None,
+        mode: AuditWrite,
+        practitioner: PractitionerRecord = PractitionerRecord.HASH,
+    ) -> None:
         self.store = store
         self.mode = mode
+        self.practitioner = practitioner
         if not key:
             log.warning(
                 "CDS_AUDIT_KEY is not set: patient keys in the audit trail use a random key for this "
@@ -68,6 +75,15 @@ class AuditTrail:
 
     def patient_key(self, patient_id: str) -> str:
         return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+    def practitioner_of(self, user_id: str | None) -> str | None:
+        """The ordering user as the audit trail keeps it: a pseudonym ("pr-" and 12 hex digits of a keyed
+        hash, distinct from patient keys), the userId, or nothing."""
+        if not user_id or self.practitioner is PractitionerRecord.OFF:
+            return None
+        if self.practitioner is PractitionerRecord.CLEAR:
+            return user_id
+        return "pr-" + hmac.new(self._key, b"practitioner\0" + user_id.encode(), hashlib.sha256).hexdigest()[:12]
 
     def records(
         self,
@@ -92,6 +108,7 @@ class AuditTrail:
                     "hook_instance": request.hookInstance,
                     "issuer": issuer,
                     "tenant": tenant,
+                    "practitioner": self.practitioner_of(request.context.userId),
                     "consult_id": result.consult_id,
                     "patient_key": patient_key,
                     "order_system": study.system,

@@ -47,6 +47,14 @@ class ClientProfile(enum.StrEnum):
     SANDBOX = "sandbox"  # ratings also in extension.systemActions (the CDS Hooks sandbox reads only that)
 
 
+class PractitionerRecord(enum.StrEnum):
+    """How the audit trail records the ordering user (context.userId)."""
+
+    HASH = "hash"  # a keyed hash (CDS_AUDIT_KEY): overrides per practitioner, without the identity
+    CLEAR = "clear"  # the userId itself (e.g. "Practitioner/123")
+    OFF = "off"  # not recorded
+
+
 class PrefetchFailurePolicy(enum.StrEnum):
     """What to do when a prefetch key can be neither read from the request nor fetched."""
 
@@ -99,6 +107,7 @@ class Settings:
     jwt_max_lifetime_seconds: float = 3600.0  # exp - iat; also bounds how long a jti is remembered
     audit_key: str | None = None  # HMAC key for patient keys in the audit trail (a site secret)
     audit_write: AuditWrite = AuditWrite.BACKGROUND
+    audit_practitioner: PractitionerRecord = PractitionerRecord.HASH
     silent: bool = False  # evaluate and audit, but answer no cards (silent roll-out), for every service
     thresholds: Thresholds = field(default_factory=Thresholds)
 
@@ -138,6 +147,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_JWT_MAX_LIFETIME_SECONDS": ("jwt_max_lifetime_seconds", float),
     "CDS_AUDIT_KEY": ("audit_key", str),
     "CDS_AUDIT_WRITE": ("audit_write", AuditWrite),
+    "CDS_AUDIT_PRACTITIONER": ("audit_practitioner", PractitionerRecord),
     "CDS_SILENT": ("silent", _bool),
 }
 

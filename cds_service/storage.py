@@ -40,7 +40,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = logging.getLogger(__name__)
-SCHEMA_REVISION = "0002"  # the head of migrations/versions (a test keeps them in step)
+SCHEMA_REVISION = "0003"  # the head of migrations/versions (a test keeps them in step)
 _MIGRATING = threading.Lock()  # Alembic's migration context is process-global: one migration at a time
 metadata = MetaData()
 
@@ -83,6 +83,7 @@ audit = Table(
     Column("tenant", String(255), nullable=True),
     Column("consult_id", String(64), nullable=False, unique=True),
     Column("issuer", String(255), nullable=True),  # the CDS client that was shown the cards (migration 0002)
+    Column("practitioner", String(255), nullable=True),  # who ordered: a keyed hash by default (migration 0003)
     Column("patient_key", String(64), nullable=False, index=True),  # HMAC of the patient id: never the id
     Column("order_system", String(255), nullable=False),
     Column("order_code", String(64), nullable=False),
@@ -286,6 +287,8 @@ class Store:
                 audit_card.c.topic,
                 audit_card.c.rule_id,
                 audit.c.silent,
+                audit.c.created_at,
+                audit.c.practitioner,
                 feedback.c.id.label("feedback_id"),
                 feedback.c.outcome,
                 feedback.c.outcome_timestamp,

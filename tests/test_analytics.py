@@ -14,7 +14,8 @@ from cds_service.storage import Store
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
-def consultation(store, n, *, topics, rating="not-appropriate", code="72148", silent=False, when=NOW, rule="R-08"):
+def consultation(store, n, *, topics, rating="not-appropriate", code="72148", silent=False, when=NOW, rule="R-08",
+                 practitioner="pr-aaaa"):  # fmt: skip
     store.add_audit(
         [
             {
@@ -23,6 +24,7 @@ def consultation(store, n, *, topics, rating="not-appropriate", code="72148", si
                 "hook": "order-select",
                 "hook_instance": f"h{n}",
                 "tenant": None,
+                "practitioner": practitioner,
                 "consult_id": f"urn:uuid:{n}",
                 "patient_key": "k",
                 "order_system": "cpt",
@@ -88,8 +90,9 @@ def test_report_counts_cards_outcomes_and_reasons(store):
         1,
         1,
     )
-    assert defer["override_reasons"] == {"Red flag not in record": 2}
-    assert defer["override_rate"] == 0.5
+    assert defer["override_reasons"] == {"red-flag-not-in-record": {"display": "Red flag not in record", "count": 2}}
+    assert defer["override_rate"] == 0.667  # overridden / (accepted + overridden) = 2 / 3
+    assert defer["feedback_coverage"] == 0.75  # (accepted + overridden) / shown = 3 / 4
     assert report["by_topic"]["urgent-imaging"]["accepted"] == 1
     assert report["by_rule"]["R-08"]["shown"] == 4 and report["by_rule"]["R-01"]["shown"] == 1
     assert report["ratings_by_ordered_code"] == {
@@ -107,10 +110,23 @@ def test_formats(store):
     report = build_report(store, NOW - timedelta(days=30))
     assert json.loads(render(report, "json"))["consultations"] == 6
     csv_text = render(report, "csv")
-    assert "by_topic,defer-imaging,4,1,2,1,0.5,1" in csv_text
-    assert "by_topic.override_reason,defer-imaging,,,,,,,Red flag not in record,2" in csv_text
+    assert "by_topic,defer-imaging,4,1,2,1,0.667,0.75,1" in csv_text
+    assert "by_topic.override_reason,defer-imaging,,,,,,,,Red flag not in record,red-flag-not-in-record,2" in csv_text
     table = render(report, "table")
-    assert "defer-imaging" in table and "overridden: Red flag not in record (2)" in table
+    assert "defer-imaging" in table and "overridden: Red flag not in record [red-flag-not-in-record] (2)" in table
+
+
+def test_report_per_practitioner_and_per_week(store):
+    consultation(store, 8, topics=["defer-imaging"], practitioner="pr-bbbb")
+    feedback(store, "card-8-0", "overridden", "other")
+    report = build_report(store, NOW - timedelta(days=30))
+    ranked = list(report["practitioners_most_overrides"])
+    assert ranked == ["pr-aaaa", "pr-bbbb"]  # 2 overrides, then 1
+    assert report["practitioners_most_overrides"]["pr-bbbb"]["override_rate"] == 1.0
+    assert report["practitioner_override_rates"] == {"practitioners": 2, "min": 0.5, "median": 1.0, "max": 1.0}
+    week = NOW.isocalendar()
+    assert report["by_week"][f"{week[0]}-W{week[1]:02d}"]["shown"] == 6
+    assert sum(report["ratings_by_week"][f"{week[0]}-W{week[1]:02d}"].values()) == 7
 
 
 @pytest.mark.parametrize(

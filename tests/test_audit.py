@@ -171,3 +171,20 @@ def test_silent_mode_per_service_from_its_hooks_file(make_app, tmp_path):
     assert client.post(SIGN, json=load_request("acute-lbp-order-sign")).get_json() == {"cards": []}
     assert client.post(SELECT, json=load_request("acute-lbp-defer")).get_json()["cards"]
     assert [row["silent"] for row in rows(app)] == [True, False]
+
+
+@pytest.mark.parametrize("mode", ["hash", "clear", "off"])
+def test_the_ordering_user_is_recorded_as_a_pseudonym_by_default(make_app, mode):
+    app = make_app(audit_practitioner=mode, audit_key="site-secret")
+    request = load_request("acute-lbp-defer")
+    request["context"]["userId"] = "Practitioner/dr-canary-42"
+    app.test_client().post("/cds-services/lumbar-mri-order-select", json=request)
+    [row] = app.extensions["cds"].store.audit_rows()
+    if mode == "hash":
+        assert row["practitioner"].startswith("pr-") and "canary" not in row["practitioner"]
+        other = make_app(audit_practitioner="hash", audit_key="site-secret").extensions["cds"].audit
+        assert other.practitioner_of("Practitioner/dr-canary-42") == row["practitioner"]  # stable across instances
+    elif mode == "clear":
+        assert row["practitioner"] == "Practitioner/dr-canary-42"
+    else:
+        assert row["practitioner"] is None
