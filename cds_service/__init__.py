@@ -17,7 +17,7 @@ _INJECTABLE = ("clock", "fhir_client_factory")
 
 def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     """Application factory: settings from the environment, overridden by `config`."""
-    from . import api, feedback, health, metrics, openapi
+    from . import api, dashboard, feedback, health, metrics, openapi
     from .audit import AuditTrail
     from .configuration import AuthMode
     from .evaluation import Evaluator
@@ -81,6 +81,7 @@ def create_app(config: Mapping[str, Any] | Settings | None = None) -> Flask:
     app.register_blueprint(feedback.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(dashboard.bp)
     api.register_error_handlers(app)
     init_request_log(app)
     return app

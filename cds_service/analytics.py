@@ -60,7 +60,9 @@ def _week(moment: datetime) -> str:
     return f"{year}-W{week:02d}"
 
 
-def build_report(store: Store, since: datetime | None = None, top: int = 10) -> dict[str, Any]:
+def build_report(
+    store: Store, since: datetime | None = None, top: int = 10, service: str | None = None, tenant: str | None = None
+) -> dict[str, Any]:
     """Cards shown, accepted, overridden and without feedback, per card topic, rule, practitioner
     (pseudonyms) and ISO week; override reasons keyed by code with their display.
 
@@ -69,6 +71,8 @@ def build_report(store: Store, since: datetime | None = None, top: int = 10) -> 
     (`silent`: what a silent roll-out would have shown)."""
     latest: dict[str, dict[str, Any]] = {}
     for row in store.cards_with_feedback(since):  # ordered by card, then time received
+        if (service and row.get("service_id") != service) or (tenant and row.get("tenant") != tenant):
+            continue
         current = latest.get(row["card_uuid"])
         if current is None or row["feedback_id"] is not None:
             latest[row["card_uuid"]] = row
@@ -87,6 +91,8 @@ def build_report(store: Store, since: datetime | None = None, top: int = 10) -> 
     weekly: dict[str, Counter] = defaultdict(Counter)
     consultations = silent = 0
     for record in store.audit_rows(since):
+        if (service and record["service_id"] != service) or (tenant and record["tenant"] != tenant):
+            continue
         consultations += 1
         silent += bool(record["silent"])
         ratings[record["order_code"]][record["rating"]] += 1

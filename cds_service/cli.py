@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load.add_argument("--token", help="a bearer token for the FHIR server")
     report_parser = commands.add_parser("report", help="override analytics from the stored audit trail and feedback")
     report_parser.add_argument("--since", default="30d", help="30d, 12h, 2w, an ISO date, or 'all' (default 30d)")
-    report_parser.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    report_parser.add_argument("--format", choices=("table", "csv", "json", "html"), default="table")
+    report_parser.add_argument("--output", type=Path, help="write to this file (html: one self-contained page)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         from .serve import main as serve
@@ -119,7 +120,18 @@ def _report(args: argparse.Namespace) -> int:
         print(f"--since: expected 30d, 12h, 2w, an ISO date or 'all', not {args.since!r}", file=sys.stderr)
         return 2
     try:
-        print(render(build_report(Store(settings.database_url), since), args.format))
+        store = Store(settings.database_url)
+        if args.format == "html":  # the dashboard as one self-contained file (inline CSS and SVG)
+            from .dashboard import page_html, render_overview
+
+            text = page_html("Lumbar MRI CDS: overrides and ratings",
+                             render_overview(store, since, args.since, None, None, []))  # fmt: skip
+        else:
+            text = render(build_report(store, since), args.format)
+        if args.output:
+            args.output.write_text(text, encoding="utf-8")
+        else:
+            print(text)
     except SQLAlchemyError as exc:
         print(f"the database could not be read ({type(exc).__name__}); check CDS_DATABASE_URL", file=sys.stderr)
         return 1

@@ -108,6 +108,7 @@ class Settings:
     audit_key: str | None = None  # HMAC key for patient keys in the audit trail (a site secret)
     audit_write: AuditWrite = AuditWrite.BACKGROUND
     audit_practitioner: PractitionerRecord = PractitionerRecord.HASH
+    dashboard_token: str | None = None  # /dashboard is off (404) unless set
     silent: bool = False  # evaluate and audit, but answer no cards (silent roll-out), for every service
     thresholds: Thresholds = field(default_factory=Thresholds)
 
@@ -148,6 +149,7 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_AUDIT_KEY": ("audit_key", str),
     "CDS_AUDIT_WRITE": ("audit_write", AuditWrite),
     "CDS_AUDIT_PRACTITIONER": ("audit_practitioner", PractitionerRecord),
+    "CDS_DASHBOARD_TOKEN": ("dashboard_token", str),
     "CDS_SILENT": ("silent", _bool),
 }
 

@@ -36,6 +36,7 @@ JWKS_MAX_BYTES = 64 * 1024
 JWKS_TIMEOUT_SECONDS = 3.0
 JWKS_REFRESH_COOLDOWN_SECONDS = 5.0  # an unknown kid refreshes a JWK Set at most this often
 UNAUTHENTICATED_ENDPOINTS = {"health.alive", "health.ready", "openapi.serve", "metrics.exposition", "static"}
+OWN_AUTHENTICATION = ("dashboard.",)  # the dashboard has its own token (CDS_DASHBOARD_TOKEN), not client JWTs
 
 
 # --- CORS ------------------------------------------------------------------------------------------
@@ -350,6 +351,8 @@ def init_auth(app: Flask, settings: Settings, authenticator: Authenticator | Non
     @app.before_request
     def authenticate() -> Response | None:
         if request.method == "OPTIONS" or request.endpoint in UNAUTHENTICATED_ENDPOINTS or request.endpoint is None:
+            return None
+        if request.endpoint.startswith(OWN_AUTHENTICATION):
             return None
         authorization = request.headers.get("Authorization", "")
         scheme, _, token = authorization.partition(" ")

@@ -289,6 +289,8 @@ class Store:
                 audit.c.silent,
                 audit.c.created_at,
                 audit.c.practitioner,
+                audit.c.service_id,
+                audit.c.tenant,
                 feedback.c.id.label("feedback_id"),
                 feedback.c.outcome,
                 feedback.c.outcome_timestamp,

@@ -45,6 +45,9 @@ def test_metrics_count_requests_cards_ratings_and_auth_failures(make_app, tmp_pa
         "lumbar-mri-order-select",
         "lumbar-mri-order-sign",
         "lumbar-mri-patient-view",
+        "overview",  # the dashboard's endpoints
+        "rules",
+        "login",
         "call_service",
         "receive_feedback",
         "discovery",
