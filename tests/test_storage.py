@@ -158,3 +158,14 @@ def test_audit_and_report_on_this_database(make_app):
     assert report["consultations"] == 3
     assert set(report["by_topic"]) == {"defer-imaging", "urgent-imaging", "ct-alternative"}
     assert report["ratings_by_ordered_code"] == {"72148": {"not-appropriate": 1, "appropriate": 2}}
+
+
+def test_the_dashboard_renders_from_the_shared_store_of_two_instances(make_app, database_url):
+    """Two instances write to one store; either one's dashboard shows both instances' consultations."""
+    first = make_app(database_url=database_url, dashboard_token="t", audit_key="k")
+    second = make_app(database_url=database_url, dashboard_token="t", audit_key="k")
+    for app, name in ((first, "acute-lbp-defer"), (second, "cauda-equina")):
+        assert app.test_client().post(SELECT, json=load_request(name)).status_code == 200
+    page = second.test_client().get("/dashboard", headers={"Authorization": "Bearer t"}).get_data(as_text=True)
+    assert "Consultations: <strong>2</strong>" in page
+    assert "aria-label='Cards shown by topic'" in page and page.count("<rect") >= 2
