@@ -34,6 +34,23 @@ GATHER_SECONDS = 0.2
 _TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()  # writers to drain when the process exits
 
 
+def department_of(record: Any) -> str | None:
+    """Where the order was placed: the encounter's service type, else its first location, else the
+    organisation serving it (display texts only; never an identifier), when the client sent one."""
+    encounters = record.encounters if record is not None else []
+    for encounter in encounters:
+        for concept in [encounter.serviceType] if encounter.serviceType else []:
+            text = concept.text or next((c.display for c in concept.coding or [] if c.display), None)
+            if text:
+                return str(text)[:255]
+        for location in encounter.location or []:
+            if location.location and location.location.display:
+                return str(location.location.display)[:255]
+        if encounter.serviceProvider and encounter.serviceProvider.display:
+            return str(encounter.serviceProvider.display)[:255]
+    return None
+
+
 def is_transient(exc: SQLAlchemyError) -> bool:
     """A database away (connection, timeout, lock) rather than data it refuses (too long, invalid)."""
     return isinstance(exc, OperationalError | InterfaceError | TimeoutError | DisconnectionError) or bool(
@@ -109,6 +126,7 @@ class AuditTrail:
                     "issuer": issuer,
                     "tenant": tenant,
                     "practitioner": self.practitioner_of(request.context.userId),
+                    "department": department_of(evaluation.record),
                     "consult_id": result.consult_id,
                     "patient_key": patient_key,
                     "order_system": study.system,

@@ -34,7 +34,7 @@ def projection(resource: WireResource, elements: frozenset[str] = EVERYTHING) ->
     if "*" not in elements:
         names = tuple(name for name in names if name in elements or name in CHECKED_ELEMENTS)
     for name in names:
-        value = getattr(resource, name)
+        value = getattr(resource, "class_" if name == "class" else name)
         if value is UNSET or value is None:
             continue
         if isinstance(value, msgspec.Raw):

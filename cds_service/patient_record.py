@@ -132,7 +132,8 @@ def build_record(
             # an OperationOutcome: the client could not run the query; try it ourselves
         query = render_template(template, context)
         if query is None:
-            missing[key] = "the prefetch template could not be filled from the context"
+            # a token the context does not carry (no encounterId): there is no such resource to read
+            record.sources[key] = "empty"
         else:
             to_fetch[key] = query
 

@@ -15,6 +15,7 @@ from typing import Any
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.device import Device
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 from fhir.resources.R4B.medicationstatement import MedicationStatement
@@ -124,6 +125,16 @@ RESOURCE_TYPES: dict[str, ResourceType] = {
             ("id", "status", "type", "safety", "deviceName", "patient"),
             "patient",
             code_element=None,  # MR safety is read from every current device
+        ),
+        ResourceType(
+            "Encounter",
+            Encounter,
+            "encounters",
+            (("encounter", "Encounter/{{context.encounterId}}"),),
+            ("id", "status", "class", "serviceType", "location", "serviceProvider", "subject"),
+            "subject",
+            {"status": "unknown", "class": {"code": "AMB"}},
+            code_element=None,  # the department or location for the audit trail, when the client has one
         ),
         ResourceType(
             "MedicationRequest",

@@ -84,6 +84,7 @@ audit = Table(
     Column("consult_id", String(64), nullable=False, unique=True),
     Column("issuer", String(255), nullable=True),  # the CDS client that was shown the cards (migration 0002)
     Column("practitioner", String(255), nullable=True),  # who ordered: a keyed hash by default (migration 0003)
+    Column("department", String(255), nullable=True),  # the encounter's service type or location, if sent
     Column("patient_key", String(64), nullable=False, index=True),  # HMAC of the patient id: never the id
     Column("order_system", String(255), nullable=False),
     Column("order_code", String(64), nullable=False),

@@ -188,3 +188,17 @@ def test_the_ordering_user_is_recorded_as_a_pseudonym_by_default(make_app, mode)
         assert row["practitioner"] == "Practitioner/dr-canary-42"
     else:
         assert row["practitioner"] is None
+
+
+def test_the_department_is_recorded_from_the_encounter_when_the_client_sends_one(app):
+    request = load_request("acute-lbp-defer")
+    request["context"]["encounterId"] = "enc-1"
+    request["prefetch"]["encounter"] = {
+        "resourceType": "Encounter", "id": "enc-1", "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
+        "serviceType": {"text": "Spine clinic"},
+    }  # fmt: skip
+    app.test_client().post(SELECT, json=request)
+    [row] = app.extensions["cds"].store.audit_rows()
+    assert row["department"] == "Spine clinic"

@@ -27,7 +27,9 @@ def test_complete_prefetch_builds_a_typed_record_without_calling_out(app):
     assert isinstance(record.patient, Patient) and str(record.patient.birthDate) == "1962-09-05"
     assert all(isinstance(c, Condition) for c in record.conditions)
     assert {c.id for c in record.conditions} == {"cancer-history-c-lbp", "cancer-history-c-brca"}
-    assert set(record.sources.values()) == {"prefetch"}
+    assert (
+        set(record.sources.values()) == {"prefetch", "empty"} and record.sources["encounter"] == "empty"
+    )  # no encounterId
     assert not record.fallback_used
 
 
@@ -212,12 +214,12 @@ def test_observations_outside_their_look_back_window_are_not_read(app):
 
 
 def test_an_odd_resource_of_another_type_takes_the_careful_path_and_is_skipped(app):
-    """An _include'd Encounter whose `code` is not a CodeableConcept breaks the one-pass decode;
+    """An _include'd Appointment whose `code` is not a CodeableConcept breaks the one-pass decode;
     the careful path skips it and keeps everything else."""
     request = load_request("cancer-history")
     request["prefetch"]["conditions"]["entry"].append(
         {
-            "resource": {"resourceType": "Encounter", "id": "e1", "code": "AMB", "type": [{"text": "visit"}]},
+            "resource": {"resourceType": "Appointment", "id": "e1", "code": "AMB", "type": [{"text": "visit"}]},
             "search": {"mode": "include"},
         }
     )

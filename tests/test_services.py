@@ -35,7 +35,7 @@ def test_discovery_entries_carry_only_spec_fields_and_no_empty_values(client):
 def test_prefetch_uses_only_cds_hooks_2_tokens(client):
     for service in client.get("/cds-services").get_json()["services"]:
         for template in service["prefetch"].values():
-            assert TOKEN.findall(template) == ["context.patientId"], template
+            assert TOKEN.findall(template) in (["context.patientId"], ["context.encounterId"]), template
             assert "today()" not in template
 
 

@@ -26,6 +26,7 @@ NEVER_COUNT: dict[str, dict[str, frozenset[str]]] = {
     "MedicationStatement": {"status": frozenset({"entered-in-error", "not-taken"})},
     "DiagnosticReport": {"status": frozenset({"entered-in-error", "cancelled"})},
     "ImagingStudy": {"status": frozenset({"entered-in-error", "cancelled"})},
+    "Encounter": {"status": frozenset({"entered-in-error"})},
     "Patient": {},
 }
 # resource type -> element -> the only codes that count, when the element is present

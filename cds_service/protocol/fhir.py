@@ -111,6 +111,11 @@ class WireResource(msgspec.Struct):
     medicationReference: msgspec.Raw | _Unset = UNSET
     dispenseRequest: msgspec.Raw | _Unset = UNSET
     dateAsserted: msgspec.Raw | _Unset = UNSET
+    # the encounter: where the order was placed (the audit trail's department)
+    class_: msgspec.Raw | _Unset = msgspec.field(default=UNSET, name="class")
+    serviceType: msgspec.Raw | _Unset = UNSET
+    location: msgspec.Raw | _Unset = UNSET
+    serviceProvider: msgspec.Raw | _Unset = UNSET
     # imaging: reports and studies
     conclusionCode: msgspec.Raw | _Unset = UNSET
     started: msgspec.Raw | _Unset = UNSET

@@ -17,8 +17,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("audit") as table:
         table.add_column(sa.Column("practitioner", sa.String(255), nullable=True))
+        table.add_column(sa.Column("department", sa.String(255), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("audit") as table:
+        table.drop_column("department")
         table.drop_column("practitioner")
