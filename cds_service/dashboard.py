@@ -191,10 +191,7 @@ def render_rules(rt: Any, since: datetime | None, since_text: str) -> str:
     facts = []
     for fact in knowledge.facts:
         sets = sorted({v for source in fact.sources for v in source.value_sets})
-        codes = "; ".join(
-            f"{_e(v)}: " + ", ".join(f"{_e(code)} {_e(display)}" for (_, code), display in
-                                     list(knowledge[v].codes.items())[:12])
-            + (" ..." if len(knowledge[v].codes) > 12 else "") for v in sets)  # fmt: skip
+        codes = "".join(_value_set_html(knowledge[v]) for v in sets)
         facts.append(f"<tr><td>{_e(fact.name)}</td><td>{_e(fact.about)}</td><td>{codes}</td></tr>")
     return (f"<p>Rules fired since {_e(since_text)} (from the audit trail).</p>"
             "<table class='rules'><tr><th>Rule</th><th>Title</th><th>Group</th><th>Card topic</th><th>ACR variant</th>"
@@ -202,6 +199,21 @@ def render_rules(rt: Any, since: datetime | None, since_text: str) -> str:
             f"<h2>Thresholds</h2><table><tr><th>Threshold</th><th>Value</th></tr>{thresholds}</table>"
             "<h2>Facts and their value sets</h2><table><tr><th>Fact</th><th>What it is</th><th>Codes</th></tr>"
             f"{''.join(facts)}</table>")  # fmt: skip
+
+
+def _value_set_html(value_set: Any) -> str:
+    """Every code of a value set with its display, and its families (ICD prefixes and ranges)."""
+    codes = "".join(f"<li>{_e(system.rsplit('/', 1)[-1])} {_e(code)}: {_e(display)}</li>"
+                    for (system, code), display in value_set.codes.items())  # fmt: skip
+    families = [f"{_e(system.rsplit('/', 1)[-1])} {_e(prefix)}*" for system, prefixes in value_set.prefixes.items()
+                for prefix in prefixes]  # fmt: skip
+    families += [f"{_e(system.rsplit('/', 1)[-1])} {_e(low)}-{_e(high)}" for system, bounds in value_set.ranges.items()
+                 for low, high in bounds]  # fmt: skip
+    excluded = [f"{_e(code)}" for codes_ in value_set.excluded.values() for code in codes_]
+    extra = (f"<li>families: {', '.join(families)}</li>" if families else "") + (
+        f"<li>excluded: {', '.join(excluded)}</li>" if excluded else "")  # fmt: skip
+    return (f"<details><summary>{_e(value_set.id)} ({len(value_set.codes)} codes)</summary>"
+            f"<ul>{codes}{extra}</ul></details>")  # fmt: skip
 
 
 STYLE = ("body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem}svg text{font-size:12px}"

@@ -74,7 +74,10 @@ def test_the_rule_browser_lists_every_rule_with_its_citations_and_firings(dashbo
     for rule in rt.knowledge.rules:
         assert f"<tr id='{rule.id}'>" in page
     assert re.search(r"<tr id='R-01'>.*?<td>1</td></tr>", page)  # fired once (the cauda equina call)
-    assert "cauda_equina" in page and "G834 Cauda equina syndrome" in page  # facts with their codes
+    assert "cauda_equina" in page and "G834: Cauda equina syndrome" in page  # facts with every code
+    malignancy = rt.knowledge["malignancy"]
+    assert f"malignancy ({len(malignancy.codes)} codes)" in page and "Z85*" in page and "C00-C96" in page
+    assert "excluded: Z85828, C44" in page  # non-melanoma skin cancer
 
 
 def test_report_writes_the_dashboard_as_one_self_contained_html_file(dashboard_app, tmp_path, monkeypatch):
