@@ -1,4 +1,5 @@
-"""Test helpers: the app served by real gunicorn workers, and log capture in a given style."""
+"""Test helpers: the app served by real workers (gunicorn, or the served stack `cds-service serve`),
+and log capture in a given style."""
 
 from __future__ import annotations
 
@@ -20,13 +21,43 @@ from conftest import ROOT
 from cds_service.logs import configure_logging
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(base: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def served_stack(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`cds-service serve` (granian, as deployed) on a free loopback port, with `env` on top of this
+    process's; yields the base URL. Logs go to `log_path`."""
+    port = free_port()
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve"], cwd=ROOT,
+                                  env={**os.environ, **env, "PORT": str(port)}, stdout=log, stderr=log)  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(base)
+            yield base
+        finally:
+            server.terminate()
+            server.wait(20)
+
+
 @contextlib.contextmanager
 def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[tuple[str, Path]]:
     """The service under gunicorn (gunicorn.conf.py) on a free loopback port; yields (base URL, log
     file). Logs go to a file, never an unread pipe, which would block the workers once full."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log_file = Path(tempfile.mkstemp(prefix="cds-gunicorn-", suffix=".log")[1])
     with open(log_file, "wb") as stderr:
         server = subprocess.Popen(
@@ -49,12 +80,7 @@ def gunicorn(env: dict[str, str], workers: int = 2) -> Iterator[tuple[str, Path]
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_until_up(base)
         yield base, log_file
     finally:
         if server.poll() is None:

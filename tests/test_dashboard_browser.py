@@ -7,18 +7,13 @@ Screenshots are saved under var/ for review. Skipped, saying why, where chromium
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from datetime import UTC, datetime
 
 import pytest
 from conftest import ROOT
 from helpers import issue_cards
+from servers import served_stack
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -40,27 +35,10 @@ def served_dashboard(tmp_path):
         "override_reason_system": "urn:lumbar-mri-cds:override-reason", "override_reason_code": "specialist-request",
         "override_reason_display": "Requested by a specialist", "user_comment": None, "outcome_timestamp": now,
         "received_at": now, "issuer": None, "tenant": None}])  # fmt: skip
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": database, "PORT": str(port), "WEB_CONCURRENCY": "1",
-           "CDS_DASHBOARD_TOKEN": TOKEN, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # fmt: skip
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve"], cwd=ROOT, env=env, stdout=log,
-                              stderr=log)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+    env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": database, "WEB_CONCURRENCY": "1", "CDS_DASHBOARD_TOKEN": TOKEN,
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # fmt: skip
+    with served_stack(env, tmp_path / "serve.log") as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
 
 
 def test_the_dashboard_in_a_browser(served_dashboard):

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
+from urllib.parse import urlsplit
 
 import pytest
 from conftest import ROOT
+from servers import served_stack
 
 sys.path.insert(0, str(ROOT / "bench"))
 import slow_clients  # noqa: E402
@@ -18,27 +17,10 @@ import slow_clients  # noqa: E402
 
 @pytest.fixture
 def served(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
-           "PORT": str(port), "WEB_CONCURRENCY": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-           "CDS_BODY_READ_TIMEOUT_S": "2"}  # fmt: skip
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "cds_service.cli", "serve"], cwd=ROOT, env=env,
-                              stdout=log, stderr=log)  # fmt: skip
-    try:
-        for _ in range(150):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(20)
-        log.close()
+    env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3", "WEB_CONCURRENCY": "2",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"), "CDS_BODY_READ_TIMEOUT_S": "2"}  # fmt: skip
+    with served_stack(env, tmp_path / "serve.log") as base:
+        yield urlsplit(base).port
 
 
 def test_probes_and_hook_calls_are_answered_within_a_second_while_slow_clients_hold_connections(served):
