@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 from conftest import FIXTURES, SCENARIOS, load_request
@@ -105,6 +106,8 @@ def test_deferral_cards_say_what_was_looked_at_and_that_no_red_flag_is_recorded(
     for name, card in deferrals:
         assert card["indicator"] == "warning"
         assert "No red flag is recorded" in card["detail"] and "**Looked at:**" in card["detail"]
+        # the chart's silence is not the patient's: never word it as an absence of red flags
+        assert not re.search(r"without (a )?red flags?", card["detail"], re.IGNORECASE)
         assert "no red flags recorded" in card["summary"] or "no change recorded" in card["summary"]
         assert any(r["code"] == "red-flag-not-in-record" for r in card["overrideReasons"])
         deletes = [a for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]

@@ -388,7 +388,7 @@ def _acute(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
         f.indication,
         "warning",
         "Lumbar MRI usually not appropriate yet: back pain under 6 weeks, no red flags recorded",
-        f"Back pain for {f.episode_days} days without a red flag: imaging is usually not appropriate (ACR "
+        f"Back pain for {f.episode_days} days, no red flag recorded: imaging is usually not appropriate (ACR "
         "variant 1) and does not improve outcomes (ACP 2007, 2011; Choosing Wisely; NICE NG59 1.1.4). "
         "Most episodes improve with conservative care: advise activity, and consider physical therapy; "
         "reassess at 6 weeks.",
@@ -427,7 +427,7 @@ def _no_conservative_care(f: Facts, t: Thresholds, a: Assessment) -> Finding | N
         f.indication,
         "warning",
         "Lumbar MRI usually not appropriate: no 6-week trial of conservative care recorded, no red flags recorded",
-        f"{duration}. {started} Without red flags and without 6 weeks of management, MRI is usually not "
+        f"{duration}. {started} With no red flag recorded and no 6 weeks of management, MRI is usually not "
         "appropriate (ACR variant 2). Start and document 6 weeks of conservative care (physical "
         "therapy, activity, analgesia); image if symptoms persist and surgery or injection is considered.",
         [
@@ -709,7 +709,7 @@ RULES: tuple[Rule, ...] = (
     Rule("R-10b", "Failed conservative care, candidacy not recorded", Group.FAILED_CARE,
          Topic.INTERVENTION_CANDIDACY, None, (ACP_2007, NICE_NG59, ACR_LBP), _failed_care_without_candidacy,
          rating=RatingBasis.OUTSIDE_CRITERIA),
-    Rule("R-08", "Acute low back pain without red flags", Group.DEFER, Topic.DEFER_IMAGING, V1,
+    Rule("R-08", "Acute low back pain, no red flags recorded", Group.DEFER, Topic.DEFER_IMAGING, V1,
          (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59), _acute),
     Rule("R-09", "No trial of conservative care", Group.DEFER, Topic.DEFER_IMAGING, V2,
          (ACR_LBP, ACP_2011, CHOOSING_WISELY, NICE_NG59), _no_conservative_care),
