@@ -392,14 +392,17 @@ def _acute(f: Facts, t: Thresholds, a: Assessment) -> Finding | None:
         "variant 1) and does not improve outcomes (ACP 2007, 2011; Choosing Wisely; NICE NG59 1.1.4). "
         "Most episodes improve with conservative care: advise activity, and consider physical therapy; "
         "reassess at 6 weeks.",
-        [
-            Proposal(
-                "remove-order", "pt_referral", "Remove the MRI order and refer to physical therapy", recommended=True
-            ),
-            Proposal("remove-order", None, "Remove the MRI order"),
-        ],
+        _defer_to_conservative_care(),
         also=_weaker_factors(f, t),
     )
+
+
+def _defer_to_conservative_care() -> list[Proposal]:
+    """R-08 and R-09 offer the same choices: withdraw the order, with a physical therapy referral first."""
+    return [
+        Proposal("remove-order", "pt_referral", "Remove the MRI order and refer to physical therapy", recommended=True),
+        Proposal("remove-order", None, "Remove the MRI order"),
+    ]
 
 
 def _weaker_factors(f: Facts, t: Thresholds) -> list[Evidence]:
@@ -430,12 +433,7 @@ def _no_conservative_care(f: Facts, t: Thresholds, a: Assessment) -> Finding | N
         f"{duration}. {started} With no red flag recorded and no 6 weeks of management, MRI is usually not "
         "appropriate (ACR variant 2). Start and document 6 weeks of conservative care (physical "
         "therapy, activity, analgesia); image if symptoms persist and surgery or injection is considered.",
-        [
-            Proposal(
-                "remove-order", "pt_referral", "Remove the MRI order and refer to physical therapy", recommended=True
-            ),
-            Proposal("remove-order", None, "Remove the MRI order"),
-        ],
+        _defer_to_conservative_care(),
         also=_weaker_factors(f, t),
     )
 
