@@ -89,12 +89,15 @@ def build_report(
             _count(groups["by_week"][_week(created)], card)
     ratings: dict[str, Counter] = defaultdict(Counter)
     weekly: dict[str, Counter] = defaultdict(Counter)
-    consultations = silent = 0
+    consultations = silent = fallback = 0
+    latencies: list[float] = []
     for record in store.audit_rows(since):
         if (service and record["service_id"] != service) or (tenant and record["tenant"] != tenant):
             continue
         consultations += 1
         silent += bool(record["silent"])
+        fallback += bool(record["fallback_used"])
+        latencies.append(float(record["latency_ms"]))
         ratings[record["order_code"]][record["rating"]] += 1
         if isinstance(record.get("created_at"), datetime):
             weekly[_week(record["created_at"])][record["rating"]] += 1
@@ -129,7 +132,17 @@ def build_report(
         },
         "ratings_by_ordered_code": {code: dict(counts) for code, counts in sorted(ratings.items())},
         "ratings_by_week": {week: dict(counts) for week, counts in sorted(weekly.items())},
+        "fhir_fallback": {"calls": fallback, "rate": round(fallback / consultations, 3) if consultations else None},
+        "latency_ms": {
+            name: _percentile(latencies, share) for name, share in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+        },  # fmt: skip
     }
+
+
+def _percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank on the sorted values (no interpolation): a latency that was actually seen."""
+    ordered = sorted(values)
+    return round(ordered[int(share * (len(ordered) - 1))], 1) if ordered else None
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
@@ -161,7 +174,9 @@ def _cell(value: Any) -> Any:
 def _table(report: dict[str, Any]) -> str:
     lines = [
         f"Consultations: {report['consultations']} (silent: {report['silent_consultations']})"
-        + (f" since {report['since']}" if report["since"] else "")
+        + (f" since {report['since']}" if report["since"] else ""),
+        f"FHIR fallback: {report['fhir_fallback']['calls']} calls; latency p50 {report['latency_ms']['p50']} ms, "
+        f"p95 {report['latency_ms']['p95']} ms, p99 {report['latency_ms']['p99']} ms",
     ]
     sections = (("Cards by topic", "by_topic"), ("Cards by rule", "by_rule"), ("Cards by week", "by_week"),
                 ("Practitioners with the most overrides (pseudonyms)", "practitioners_most_overrides"))  # fmt: skip

@@ -126,16 +126,9 @@ def bar_chart(title: str, rows: list[tuple[str, float]], unit: str = "") -> str:
             "</details></figure>")  # fmt: skip
 
 
-def _percentile(values: list[float], share: float) -> float | None:
-    ordered = sorted(values)
-    return round(ordered[int(share * (len(ordered) - 1))], 1) if ordered else None
-
-
 def render_overview(store: Any, since: datetime | None, since_text: str, service: str | None, tenant: str | None,
                     services: list[str]) -> str:  # fmt: skip
     report = build_report(store, since, service=service, tenant=tenant)
-    audits = [r for r in store.audit_rows(since) if (service is None or r["service_id"] == service)
-              and (tenant is None or r["tenant"] == tenant)]  # fmt: skip
     weeks = [(week, sum(counts.values())) for week, counts in report["ratings_by_week"].items()]
     ratings = [(rating, sum(c.get(rating, 0) for c in report["ratings_by_week"].values()))
                for rating in ("appropriate", "not-appropriate", "no-criteria-apply")]  # fmt: skip
@@ -143,8 +136,7 @@ def render_overview(store: Any, since: datetime | None, since_text: str, service
     rules = [(rule, round((line["override_rate"] or 0) * 100, 1)) for rule, line in report["by_rule"].items()
              if line["override_rate"] is not None]  # fmt: skip
     practitioners = [(name, line["overridden"]) for name, line in report["practitioners_most_overrides"].items()]
-    fallback = sum(bool(r["fallback_used"]) for r in audits)
-    latencies = [float(r["latency_ms"]) for r in audits]
+    fallback, latency = report["fhir_fallback"], report["latency_ms"]
     reasons = "".join(
         f"<li><strong>{_e(rule)}</strong>: " + ", ".join(
             f"{_e(reason['display'])} ({_e(code)}): {reason['count']}" for code, reason in list(
@@ -157,10 +149,9 @@ def render_overview(store: Any, since: datetime | None, since_text: str, service
                f"<label>Service <select name='service'><option value=''>all</option>{options}</select></label> "
                f"<label>Tenant <input name='tenant' value='{_e(tenant or '')}'></label> <button>Show</button></form>")  # fmt: skip
     summary = (f"<p>Consultations: <strong>{report['consultations']}</strong>; held back by silent mode: "
-               f"{report['silent_consultations']}; FHIR fallback used in {fallback} "
-               f"({round(100 * fallback / len(audits), 1) if audits else 0} %); latency p50 "
-               f"{_percentile(latencies, 0.5)} ms, p95 {_percentile(latencies, 0.95)} ms, p99 "
-               f"{_percentile(latencies, 0.99)} ms. Override rate = overridden / (accepted + overridden).</p>")  # fmt: skip
+               f"{report['silent_consultations']}; FHIR fallback used in {fallback['calls']} "
+               f"({round(100 * fallback['rate'], 1) if fallback['rate'] is not None else 0} %); latency p50 {latency['p50']} ms, p95 "
+               f"{latency['p95']} ms, p99 {latency['p99']} ms. Override rate = overridden / (accepted + overridden).</p>")  # fmt: skip
     silent = [(topic, line["silent"]) for topic, line in report["by_topic"].items() if line["silent"]]
     return "".join([
         filters, summary,

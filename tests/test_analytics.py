@@ -15,12 +15,12 @@ NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
 def consultation(store, n, *, topics, rating="not-appropriate", code="72148", silent=False, when=NOW, rule="R-08",
-                 practitioner="pr-aaaa"):  # fmt: skip
+                 practitioner="pr-aaaa", fallback=False, latency=3.0, service="lumbar-mri-order-select"):  # fmt: skip
     store.add_audit(
         [
             {
                 "created_at": when,
-                "service_id": "lumbar-mri-order-select",
+                "service_id": service,
                 "hook": "order-select",
                 "hook_instance": f"h{n}",
                 "tenant": None,
@@ -34,9 +34,9 @@ def consultation(store, n, *, topics, rating="not-appropriate", code="72148", si
                 "variant": None,
                 "rules_fired": [rule, "R-18"],
                 "card_topics": topics,
-                "fallback_used": False,
+                "fallback_used": fallback,
                 "silent": silent,
-                "latency_ms": 3.0,
+                "latency_ms": latency,
                 "cards": [
                     {"card_uuid": f"card-{n}-{i}", "topic": t, "rule_id": rule, "indicator": "warning"}
                     for i, t in enumerate(topics)
@@ -148,3 +148,14 @@ def test_report_command(store, database_url, monkeypatch, capsys):
     assert main(["report", "--since", "all", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["consultations"] == 7
     assert main(["report", "--since", "soon"]) == 2
+
+
+def test_report_gives_the_fhir_fallback_rate_and_latency_percentiles_per_service(store):
+    consultation(store, 8, topics=["defer-imaging"], fallback=True, latency=40.0)
+    consultation(store, 9, topics=["defer-imaging"], fallback=True, latency=900.0, service="lumbar-mri-order-sign")
+    report = build_report(store, NOW - timedelta(days=30), service="lumbar-mri-order-select")
+    assert report["fhir_fallback"] == {"calls": 1, "rate": 0.143}  # 1 of 7 order-select calls
+    assert report["latency_ms"] == {"p50": 3.0, "p95": 3.0, "p99": 3.0}  # six at 3 ms, one at 40
+    everything = build_report(store, NOW - timedelta(days=30))
+    assert everything["fhir_fallback"]["calls"] == 2 and everything["latency_ms"]["p99"] == 40.0
+    assert "FHIR fallback: 2 calls" in render(everything, "table")

@@ -63,6 +63,7 @@ def test_the_page_shows_charts_with_their_numbers_and_no_patient_identifier(dash
     topics = re.search(r"aria-label='Cards shown by topic'.*?</svg>", page, re.S).group(0)
     assert topics.count("<rect") == 2  # defer-imaging, urgent-imaging
     assert "Consultations: <strong>3</strong>" in page
+    assert "FHIR fallback used in 0 (0.0 %)" in page and re.search(r"latency p50 [\d.]+ ms, p95 [\d.]+ ms", page)
     for patient in ("pt-acute-lbp", "pt-ces", "MRN-", "dr-smith"):
         assert patient not in page
     assert re.search(r"pr-[0-9a-f]{12}", page)  # the practitioner as a pseudonym
