@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from a2wsgi import WSGIMiddleware
 
+from .audit import flush_all
 from .protocol import operation_outcome
 from .wsgi import app as wsgi_app
 
@@ -40,6 +41,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # granian ends its workers without running atexit: write out the queued audit
+                # records here, as gunicorn's worker_exit does, so no accepted call goes unrecorded
+                await asyncio.get_running_loop().run_in_executor(None, flush_all, 10.0)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     if scope["type"] != "http":

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
+import urllib.request
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_request
 from servers import served_stack
+
+from cds_service.storage import Store
 
 sys.path.insert(0, str(ROOT / "bench"))
 import slow_clients  # noqa: E402
@@ -54,3 +58,18 @@ def test_a_client_that_drips_its_body_is_answered_408_and_holds_no_thread(served
         started = time.monotonic()
         answer = sock.recv(200)
         assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 6  # CDS_BODY_READ_TIMEOUT_S=2
+
+
+def test_audit_records_queued_when_the_server_is_stopped_are_written_out(tmp_path):
+    """Regression: granian stopped its workers without running atexit, so the background audit
+    writer's queue was lost; five answered calls followed at once by SIGTERM left 0 rows."""
+    database = f"sqlite:///{tmp_path}/cds.sqlite3"
+    body = json.dumps(load_request("acute-lbp-defer")).encode()
+    env = {"CDS_AUTH": "off", "CDS_DATABASE_URL": database, "WEB_CONCURRENCY": "1",
+           "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}  # fmt: skip
+    with served_stack(env, tmp_path / "serve.log") as base:
+        for _ in range(5):
+            request = urllib.request.Request(base + "/cds-services/lumbar-mri-order-select", data=body,
+                                             headers={"Content-Type": "application/json"})  # fmt: skip
+            assert urllib.request.urlopen(request, timeout=5).status == 200
+    assert len(Store(database).audit_rows()) == 5
