@@ -45,10 +45,6 @@ class ResourceType:
     def never_count(self) -> dict[str, frozenset[str]]:
         return NEVER_COUNT.get(self.name, {})
 
-    @property
-    def always_read(self) -> bool:
-        return self.code_element is None
-
 
 def _series_essentials(data: dict[str, Any]) -> dict[str, Any]:
     """An ImagingStudy's series without their instances: the rules read modality and body site only."""
