@@ -20,7 +20,7 @@ import orjson
 
 from .configuration import ClientProfile
 from .knowledge.facts import Evidence, Facts
-from .knowledge.guidelines import ACR_LBP, CATEGORY_NAMES, MBA, UA, UNA, radiation_level
+from .knowledge.guidelines import CATEGORY_NAMES, MBA, UA, UNA, radiation_level
 from .knowledge.rules import Assessment, Finding, Proposal, RatingBasis, Topic, rating_for
 
 TOPIC_SYSTEM = "urn:lumbar-mri-cds:card-topic"
@@ -232,7 +232,7 @@ class Presenter:
             "detail": self._detail(finding, assessment),
             "source": {
                 "label": finding.rule.source,
-                "url": finding.rule.citations[0].url if finding.rule.citations else ACR_LBP.url,
+                "url": finding.rule.citations[0].url,
                 "topic": {"system": TOPIC_SYSTEM, "code": topic.value, "display": topic.display},
             },
         }
@@ -264,7 +264,7 @@ class Presenter:
                 f"**Guideline:** ACR Appropriateness Criteria, Low Back Pain (2021), variant {variant.number}: "
                 f"{variant.title}. Ordered: {facts.study.display} ({facts.study.code}): {CATEGORY_NAMES[category]}."
             )
-        elif finding.rule.citations:
+        else:
             lines.append(f"**Guideline:** {finding.rule.citations[0].label}.")
         if finding.rule.group.defers and facts.study is not None and facts.study.contrast == "with":
             lines += [

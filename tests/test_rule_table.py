@@ -87,6 +87,11 @@ def test_a_fact_added_to_the_fact_table_is_read_and_listed():
     assert [card.rule_id for card in evaluation.results[0].cards] == ["R-PROBE"]
 
 
+def test_a_rule_without_a_citation_is_refused_when_the_table_is_built():
+    with pytest.raises(ValueError, match="R-UNCITED has no citation"):
+        Rule("R-UNCITED", "Uncited", Group.ADVICE, Topic.IMAGING_APPROPRIATE, None, (), lambda f, t, a: None)
+
+
 def test_a_fact_naming_an_unknown_value_set_fails_at_start():
     with pytest.raises(ValueError, match="no-such-value-set"):
         Knowledge(facts=FACTS + (Fact("typo", "", (conditions("no-such-value-set"),)),))

@@ -147,6 +147,10 @@ class Rule:
     yields_to: tuple[str, ...] = ()  # safety rules whose card already says what this one would
     source: str = LBP_SOURCE  # the card's source.label
 
+    def __post_init__(self) -> None:
+        if not self.citations:  # a card must say whose advice it gives (source.url, Guideline line)
+            raise ValueError(f"rule {self.id} has no citation: every rule cites the guideline it follows")
+
 
 @dataclass
 class Assessment:
