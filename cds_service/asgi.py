@@ -2,40 +2,63 @@
 
 granian reads headers in Rust (with its header read limit) before any Python runs. The body is then
 read here, in the event loop, within CDS_BODY_READ_TIMEOUT_S and CDS_MAX_BODY_BYTES, and only a
-complete body is handed to the Flask app in a worker thread (a2wsgi). So a client that drips its
-body holds no thread, and is answered 408 when its time is up.
+complete body is handed to the Flask app in a worker thread. So a client that drips its body
+holds no thread, and is answered 408 when its time is up.
+
+The app runs to completion in its thread and its whole answer is sent from the event loop
+afterwards: one hand-over each way. (a2wsgi's own responder hands every part of the answer back to
+the loop and blocks on each; with CPU-bound calls in other threads each hand-over waits for the
+GIL, which halved served throughput and tripled p99.) Every answer here is small JSON or HTML,
+built whole by Flask: nothing streams.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import io
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
-from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import build_environ
 
 from .audit import flush_all
 from .protocol import operation_outcome
-from .wsgi import app as wsgi_app
-
-BODY_READ_TIMEOUT_S = float(os.environ.get("CDS_BODY_READ_TIMEOUT_S", "10"))
-THREADS = int(os.environ.get("CDS_APP_THREADS", "8"))  # threads running the app (it is CPU-bound)
-MAX_BODY = int(wsgi_app.config["MAX_CONTENT_LENGTH"])
-_wsgi = WSGIMiddleware(wsgi_app, workers=THREADS)  # type: ignore[arg-type]
 
 Scope = dict[str, Any]
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
-async def _answer(send: Any, status: int, code: str, diagnostics: str) -> None:
-    body = orjson.dumps(operation_outcome(code, diagnostics))
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + [(b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+class Bridge:
+    """An ASGI app serving a WSGI app: the body read in the event loop, the app run in a thread."""
 
+    def __init__(self, wsgi_app: Callable[..., Any], *, threads: int, body_read_timeout_s: float, max_body: int):
+        self.wsgi_app = wsgi_app
+        self.body_read_timeout_s = body_read_timeout_s
+        self.max_body = max_body
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cds-app")
 
-async def app(scope: Scope, receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            body = await self._read_body(receive, send)
+            if body is not None:
+                environ: Any = build_environ(scope, io.BytesIO(body))  # type: ignore[arg-type]  # a file, as WSGI asks
+                # the body is complete: its length is known even when the client sent it chunked
+                environ["CONTENT_LENGTH"] = str(len(body))
+                environ.pop("HTTP_TRANSFER_ENCODING", None)
+                loop = asyncio.get_running_loop()
+                context = contextvars.copy_context()
+                status, headers, answer = await loop.run_in_executor(self.executor, context.run, self._run, environ)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": answer})
+
+    @staticmethod
+    async def _lifespan(receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
@@ -46,36 +69,74 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 await asyncio.get_running_loop().run_in_executor(None, flush_all, 10.0)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    if scope["type"] != "http":
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + BODY_READ_TIMEOUT_S
-    chunks: list[bytes] = []
-    size = 0
-    while True:
+
+    async def _read_body(self, receive: Any, send: Any) -> bytes | None:
+        """The whole body within the time and size limits; None when the client was answered."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_read_timeout_s
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                diagnostics = f"The request body was not received within {self.body_read_timeout_s:g} s"
+                await _answer(send, 408, "timeout", diagnostics)
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                await _answer(send, 413, "too-costly", "The request body is larger than this service accepts")
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _run(self, environ: dict[str, Any]) -> Answer:
+        """The WSGI app, called in a worker thread: its status, headers and whole body."""
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            started[:] = [status, headers]
+            return _no_write
+
+        iterable = self.wsgi_app(environ, start_response)
         try:
-            message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-        except TimeoutError:
-            await _answer(send, 408, "timeout", f"The request body was not received within {BODY_READ_TIMEOUT_S:g} s")
-            return
-        if message["type"] == "http.disconnect":
-            return
-        body = message.get("body", b"")
-        size += len(body)
-        if size > MAX_BODY:
-            await _answer(send, 413, "too-costly", "The request body is larger than this service accepts")
-            return
-        chunks.append(body)
-        if not message.get("more_body"):
-            break
-    complete = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-    replayed = False
+            body = b"".join(iterable)
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+        status, headers = started
+        encoded = [(name.lower().encode("latin1"), value.encode("latin1")) for name, value in headers]
+        return int(status.split(" ", 1)[0]), encoded, body
 
-    async def replay() -> dict[str, Any]:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return complete
-        return dict(await receive())  # after the body: a disconnect, if it comes
 
-    await _wsgi(scope, replay, send)  # type: ignore[arg-type]
+def _no_write(data: bytes) -> None:
+    raise RuntimeError("the WSGI write() callable is not supported: return the body instead")
+
+
+async def _answer(send: Any, status: int, code: str, diagnostics: str) -> None:
+    body = orjson.dumps(operation_outcome(code, diagnostics))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + [(b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def __getattr__(name: str) -> Any:
+    """`cds_service.asgi:app`, the service, built when a server first asks for it (so that tests
+    can import the bridge without starting a service)."""
+    if name != "app":
+        raise AttributeError(name)
+    from .wsgi import app as wsgi_app
+
+    app = Bridge(
+        wsgi_app,
+        threads=int(os.environ.get("CDS_APP_THREADS", "8")),  # threads running the app (it is CPU-bound)
+        body_read_timeout_s=float(os.environ.get("CDS_BODY_READ_TIMEOUT_S", "10")),
+        max_body=int(wsgi_app.config["MAX_CONTENT_LENGTH"]),
+    )
+    globals()["app"] = app
+    return app

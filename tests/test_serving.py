@@ -50,6 +50,22 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(served):
         assert answer == b"" or answer.startswith(b"HTTP/1.1 408")
 
 
+def test_a_chunked_hook_call_is_answered_like_any_other(served):
+    body = json.dumps(load_request("acute-lbp-defer")).encode()
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 4096]), body[i : i + 4096]) for i in range(0, len(body), 4096)
+    )
+    with socket.create_connection(("127.0.0.1", served)) as sock:
+        sock.sendall(b"POST /cds-services/lumbar-mri-order-select HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")  # fmt: skip
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"no red flags recorded" in answer
+
+
 def test_a_client_that_drips_its_body_is_answered_408_and_holds_no_thread(served):
     with socket.create_connection(("127.0.0.1", served)) as sock:
         sock.sendall(b"POST /cds-services/lumbar-mri-order-select HTTP/1.1\r\nHost: x\r\n"
