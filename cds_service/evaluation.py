@@ -131,7 +131,8 @@ class Evaluator:
                 return Evaluation(response={"cards": []}, record=record)
         evaluation = Evaluation(response={"cards": []}, orders=orders, record=record)
         presenter = self.presenter_for(profile, site_codes)
-        reader = FactReader(self.knowledge.value_sets, self.settings.thresholds, now, self.knowledge.facts)
+        knowledge = self.knowledge
+        reader = FactReader(knowledge.value_sets, self.settings.thresholds, now, knowledge.facts, knowledge.code_index)
         for order in orders:
             model = draft_order_model(order.resource, record.patient_id, record.data_quality)
             assessment = assess(

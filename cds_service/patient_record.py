@@ -25,6 +25,7 @@ import orjson
 from .configuration import PrefetchFailurePolicy, Settings
 from .fhir_client import ConnectionPools, FetchResult, FhirClient, is_allowed
 from .fhir_models import EVERYTHING, projection, typed_model
+from .knowledge.code_index import Matches
 from .knowledge.reading_list import ReadingList
 from .knowledge.statuses import status_counts
 from .protocol import CdsError, HookRequest
@@ -51,6 +52,8 @@ class PatientRecord:
     kept: int = 0  # resources given typed models
     checked: int = 0  # matched the reading list, looked at, but could not change a decision (not typed)
     ids: set[tuple[str, str]] = field(default_factory=set)  # (type, id) kept: each resource is read once
+    # id(model) -> the value sets its code falls in, as the scan found them: the facts reuse them
+    code_matches: dict[int, Matches] = field(default_factory=dict)
 
     def __getattr__(self, bucket: str) -> list[Any]:
         entry = BUCKETS.get(bucket)
@@ -67,7 +70,7 @@ class PatientRecord:
     def unavailable(self) -> list[str]:
         return [key for key, source in self.sources.items() if source == "unavailable"]
 
-    def add(self, resource_type: str, model: Any) -> None:
+    def add(self, resource_type: str, model: Any, matches: Matches | None = None) -> None:
         if resource_type == "Patient":
             self.kept += 1
             self.patient = model
@@ -79,6 +82,8 @@ class PatientRecord:
             self.ids.add(key)
         self.kept += 1
         self.resources[resource_type].append(model)
+        if matches is not None:
+            self.code_matches[id(model)] = matches
 
     def merge(self, part: PatientRecord) -> None:
         """Add what a fetching thread read from one page."""
@@ -86,7 +91,7 @@ class PatientRecord:
             self.add("Patient", part.patient)
         for name, models in part.resources.items():
             for model in models:
-                self.add(name, model)
+                self.add(name, model, part.code_matches.get(id(model)))
         self.data_quality += part.data_quality
         self.seen += part.seen
         self.checked += part.checked
@@ -240,16 +245,17 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
     if not status_counts(kind.name, resource.status):
         return
     elements: frozenset[str] | None = EVERYTHING
+    matches: Matches | None = None
     if kind.code_element is not None:
-        codings = resource.coded(kind.code_element)
+        element = kind.code_element
+        matches = reading_list.matches(kind.name, resource.coded(element), lambda: resource.concept_text(element))
         if kind.name == "Observation":
-            elements = reading_list.reads(kind.name, codings, resource.when, resource.valueQuantity)
+            elements = reading_list.reads(kind.name, matches, resource.when, resource.valueQuantity)
+            if elements is None and resource.valueCodeableConcept is not UNSET:
+                answer = reading_list.matches(kind.name, _answer_codings(resource.valueCodeableConcept))
+                elements = reading_list.reads(kind.name, answer, resource.when)
         else:
-            elements = reading_list.reads(kind.name, codings)
-        if elements is None and kind.name == "Observation" and resource.valueCodeableConcept is not UNSET:
-            elements = reading_list.reads(kind.name, _answer_codings(resource.valueCodeableConcept), resource.when)
-        if elements is None and reading_list.reads_by_name(kind.name):
-            elements = reading_list.reads_text(kind.name, resource.concept_text(kind.code_element))
+            elements = reading_list.reads(kind.name, matches)
     if not elements:
         if elements is not None:
             record.checked += 1
@@ -266,9 +272,11 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
         return
     if kind.slim is not None:
         data = kind.slim(data)
+    notes = len(record.data_quality)
     model = typed_model(kind.name, data, record.patient_id, record.data_quality)
     if model is not None:
-        record.add(kind.name, model)
+        # a repaired model may have lost the coded element the scan matched: the facts match it again
+        record.add(kind.name, model, matches if len(record.data_quality) == notes else None)
 
 
 _concept_decoder = msgspec.json.Decoder(ConceptStruct)

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .code_index import CodeIndex
 from .fact_table import FACTS
 from .facts import Fact
 from .orders import OrderedStudy, codings_of
@@ -30,7 +31,8 @@ class Knowledge:
         missing = sorted({v for fact in self.facts for s in fact.sources for v in s.value_sets} - set(self.value_sets))
         if missing:
             raise ValueError(f"facts name value sets that do not exist: {', '.join(missing)}")
-        self.reading_list = ReadingList(self.value_sets, self.facts)
+        self.code_index = CodeIndex(self.value_sets)  # one index for the record scan and the facts
+        self.reading_list = ReadingList(self.value_sets, self.facts, self.code_index)
 
     def value_sets_read_from(self, resource_type: str) -> list[ValueSet]:
         """The value sets some fact matches in `resource_type` resources of the record."""

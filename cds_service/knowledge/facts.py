@@ -26,6 +26,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from ..configuration import Thresholds
+from .code_index import CodeIndex, Matches
 from .fhir_values import age_on, concept_label, resource_date
 from .orders import OrderedStudy
 from .statuses import SUSPECTED, StatusPolicy, counts, verification
@@ -262,17 +263,30 @@ class FactContext:
 # --- reading ------------------------------------------------------------------------------------
 
 
+Candidate = tuple[Any, Any, Matches]  # a resource, the concept a source reads, its value sets
+
+
 class FactReader:
-    """Builds Facts from a PatientRecord for one order, walking the fact declarations in order."""
+    """Builds Facts from a PatientRecord for one order, walking the fact declarations in order.
+
+    Each element's candidates are listed once per order with the value sets their concept falls
+    in (the record scan's matches where it kept them, else the code index), so a source tests
+    its value sets by dict lookup."""
 
     def __init__(
-        self, value_sets: Mapping[str, ValueSet], thresholds: Thresholds, now: datetime, facts: Sequence[Fact]
+        self,
+        value_sets: Mapping[str, ValueSet],
+        thresholds: Thresholds,
+        now: datetime,
+        facts: Sequence[Fact],
+        index: CodeIndex | None = None,
     ) -> None:
         self.vs = value_sets
         self.t = thresholds
         self.now = now
         self.today = now.date()
         self.declarations = facts
+        self.index = index or CodeIndex(value_sets)
 
     def read(self, record: Any, order: Mapping[str, Any], order_model: Any, study: OrderedStudy) -> Facts:
         facts = Facts(now=self.now, study=study)
@@ -288,21 +302,30 @@ class FactReader:
         }
         facts.unavailable = list(record.unavailable)
         context = FactContext(record, order, order_model, facts, self.vs, self.t, self.today)
+        candidates: dict[Element, list[Candidate]] = {}
         for fact in self.declarations:
-            found = _unique([evidence for source in fact.sources for evidence in self._read_source(source, context)])
+            found: list[Evidence] = []
+            for source in fact.sources:
+                listed = candidates.get(source.element)
+                if listed is None:
+                    listed = candidates[source.element] = self._candidates(source.element, context)
+                if listed:
+                    found.extend(self._read_source(source, context, listed))
+            found = _unique(found)
             facts.evidence[fact.name] = fact.derive(context, found) if fact.derive else found
         return facts
 
-    def _read_source(self, source: Source, context: FactContext) -> Iterator[Evidence]:
+    def _read_source(self, source: Source, context: FactContext, candidates: list[Candidate]) -> Iterator[Evidence]:
         resource_type = source.element.resource_type
-        value_sets = [self.vs[v] for v in source.value_sets]
         days = source.lookback_days(self.t)
         earliest = self.today - timedelta(days=days) if days is not None else None
-        for resource, concept in self._candidates(source.element, context):
-            value_set = next((v for v in value_sets if _matches(v, concept)), None)
-            if value_sets and value_set is None:
-                continue
-            coding = value_set.first_match(_codings(concept)) if value_set else None
+        for resource, concept, matches in candidates:
+            value_set, coding = None, None
+            if source.value_sets:
+                value_set_id = next((v for v in source.value_sets if v in matches), None)
+                if value_set_id is None:
+                    continue
+                value_set, coding = self.vs[value_set_id], matches[value_set_id]
             is_history = (
                 coding is not None and value_set is not None and value_set.role(coding.system, coding.code) == "history"
             )
@@ -318,8 +341,22 @@ class FactReader:
             if evidence is not None:
                 yield evidence
 
+    def _candidates(self, element: Element, context: FactContext) -> list[Candidate]:
+        return [(resource, concept, self._matches(element, resource, concept, context.record))
+                for resource, concept in self._concepts(element, context)]  # fmt: skip
+
+    def _matches(self, element: Element, resource: Any, concept: Any, record: Any) -> Matches:
+        if concept is None:
+            return {}
+        if element not in (Element.ORDER_REASON, Element.OBSERVATION_VALUE):  # the element the scan matched
+            scanned = getattr(record, "code_matches", {}).get(id(resource))
+            if scanned is not None:
+                return scanned
+        text = " ".join(filter(None, [getattr(concept, "text", None), *(c.display for c in _codings(concept))]))
+        return self.index.matches(_codings(concept), text)
+
     @staticmethod
-    def _candidates(element: Element, context: FactContext) -> Iterator[tuple[Any, Any]]:
+    def _concepts(element: Element, context: FactContext) -> Iterator[tuple[Any, Any]]:
         model = context.order_model
         if element is Element.ORDER_REASON:
             for reason in (model.reasonCode or []) if model is not None else []:
@@ -371,13 +408,3 @@ def _unique(found: list[Evidence]) -> list[Evidence]:
             seen.add(key)
             kept.append(evidence)
     return kept
-
-
-def _matches(value_set: ValueSet, concept: Any) -> bool:
-    """A code in the value set, or (medicines) a product whose text or display names an ingredient of it."""
-    if value_set.first_match(_codings(concept)) is not None:
-        return True
-    if not value_set.names or concept is None:
-        return False
-    text = " ".join(filter(None, [getattr(concept, "text", None), *(c.display for c in _codings(concept))]))
-    return value_set.name_in(text) is not None

@@ -7,16 +7,17 @@ Everything else in a large chart is counted and skipped.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from .code_index import CodeIndex, Matches
 from .facts import OBSERVATION_BASE, Fact, Window
 from .units import celsius
-from .value_sets import _SYSTEM_ALIASES, HasCoding, ValueSet, normalise
+from .value_sets import HasCoding, ValueSet
 
 EVERYTHING: frozenset[str] = frozenset({"*"})  # the rules may read any element of the resource
 CHECKED: frozenset[str] = frozenset()  # matched and looked at, but it cannot change a decision: not read
@@ -72,48 +73,32 @@ class ReadingList:
     a fact reads from its resource type and, for value sets with a look-back window, it is recent
     enough. (Patients and Devices are read whatever their codes: resource_types.py.)
 
-    Called for every resource of a large record, so the value sets are merged into one index per
-    resource type: a dict lookup per coding, and one `startswith` with a tuple for ICD families."""
+    Called for every resource of a large record: a resource's value sets come from the one code
+    index (code_index.py) in a dict lookup per coding, and the record keeps them for the facts."""
 
-    def __init__(self, value_sets: Mapping[str, ValueSet], facts: Sequence[Fact]) -> None:
-        self._value_sets = value_sets
+    def __init__(self, value_sets: Mapping[str, ValueSet], facts: Sequence[Fact], index: CodeIndex | None = None):
+        self.index = index or CodeIndex(value_sets)
         self._plans = read_plans(facts)
         self._cutoffs: dict[str, str] = {}  # value set id -> earliest ISO date still read
         self._floors: dict[str, float] = {}  # value set id -> lowest value still read
         self._within: dict[tuple[Any, ...], ReadingList] = {}
-        # resource type -> (system, code) -> value set ids; and system -> [(prefix, id)], [(low, high, id)]
-        self._codes: dict[str, dict[tuple[str, str], tuple[str, ...]]] = {}
-        self._prefixes: dict[str, dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]]] = {}
-        self._ranges: dict[str, dict[str, list[tuple[str, str, str]]]] = {}
+        read_from: dict[str, set[str]] = {}  # resource type -> the value sets facts read from it
         for value_set_id, plan in self._plans.items():
-            value_set = value_sets[value_set_id]
-            for resource_type in sorted(plan.resource_types):
-                codes = self._codes.setdefault(resource_type, {})
-                for key in value_set.codes:
-                    codes[key] = codes.get(key, ()) + (value_set.id,)
-                prefixes = self._prefixes.setdefault(resource_type, {})
-                for system, values in value_set.prefixes.items():
-                    pairs = prefixes.get(system, ((), []))[1] + [(prefix, value_set.id) for prefix in values]
-                    prefixes[system] = (tuple(prefix for prefix, _id in pairs), pairs)
-                ranges = self._ranges.setdefault(resource_type, {})
-                for system, bounds in value_set.ranges.items():
-                    ranges.setdefault(system, []).extend((low, high, value_set.id) for low, high in bounds)
-        self._names: dict[str, list[ValueSet]] = {}  # resource type -> value sets matched by name too
-        for value_set_id, plan in self._plans.items():
-            if value_sets[value_set_id].names:
-                for resource_type in plan.resource_types:
-                    self._names.setdefault(resource_type, []).append(value_sets[value_set_id])
+            for resource_type in plan.resource_types:
+                read_from.setdefault(resource_type, set()).add(value_set_id)
+        self._read_from = {resource_type: frozenset(ids) for resource_type, ids in read_from.items()}
+        self._by_name = {t for t, ids in read_from.items() if any(value_sets[v].names for v in ids)}
         self._elements = {
             value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
         }
-        self._family_systems = {system for index in self._prefixes.values() for system in index} | {
-            system for index in self._ranges.values() for system in index
-        }
-        self._systems = (
-            {system for index in self._codes.values() for system, _ in index}
-            | {system for index in self._prefixes.values() for system in index}
-            | {system for index in self._ranges.values() for system in index}
-        )
+
+    def matches(
+        self, resource_type: str, codings: Iterable[HasCoding], text: Callable[[], str] | None = None
+    ) -> Matches:
+        """The value sets a resource's codes fall in (code_index.py); medicines also by the
+        ingredient names in `text()`, for resource types that facts read by name."""
+        named = text() if text is not None and resource_type in self._by_name else None
+        return self.index.matches(codings, named)
 
     def _value_counts(self, value_set_id: str, value: Any) -> bool:
         """For value sets read only at or above a threshold (`Source.read_at_or_above`)."""
@@ -156,61 +141,25 @@ class ReadingList:
                 clone._floors[value_set_id] = float(getattr(thresholds, plan.floor))
         return clone
 
-    def _value_set_ids(self, resource_type: str, key: tuple[str, str]) -> Iterable[str]:
-        ids = self._codes.get(resource_type, {}).get(key, ())
-        system, code = key
-        if system not in self._family_systems:
-            return ids
-        prefixes, pairs = self._prefixes.get(resource_type, {}).get(system, ((), ()))
-        if prefixes and code.startswith(prefixes):
-            ids += tuple(value_set_id for prefix, value_set_id in pairs if code.startswith(prefix))
-        for low, high, value_set_id in self._ranges.get(resource_type, {}).get(system, ()):
-            if low <= code[:3] <= high:
-                ids += (value_set_id,)
-        return ids
-
-    def reads_by_name(self, resource_type: str) -> bool:
-        return resource_type in self._names
-
-    def reads_text(self, resource_type: str, text: str) -> frozenset[str] | None:
-        """As `reads`, for a product named in text: "Naproxen 500 MG Oral Tablet" is a naproxen."""
-        elements: frozenset[str] | None = None
-        for value_set in self._names.get(resource_type, ()):
-            if value_set.name_in(text):
-                narrowed = self._elements.get(value_set.id, EVERYTHING)
-                elements = narrowed if elements is None else elements | narrowed
-        return elements
-
     def reads(
-        self, resource_type: str, codings: Iterable[HasCoding], when: str | None = None, value: Any = None
+        self, resource_type: str, matches: Matches, when: str | None = None, value: Any = None
     ) -> frozenset[str] | None:
-        """The elements the rules read from this resource (EVERYTHING when a value set does not
-        narrow them); CHECKED when it matched but cannot change a decision; None when the rules
-        do not read it at all."""
-        index = self._codes.get(resource_type)
-        if index is None:
+        """The elements the rules read from this resource, given its `matches` (EVERYTHING when a
+        value set does not narrow them); CHECKED when it matched but cannot change a decision; None
+        when the rules do not read it at all."""
+        read = self._read_from.get(resource_type)
+        if read is None:
             return None
         elements: frozenset[str] | None = None
-        for coding in codings:
-            system, code = coding.system, coding.code
-            if not code:
+        for value_set_id in matches:
+            if value_set_id not in read:
                 continue
-            if system not in self._systems:
-                system = _SYSTEM_ALIASES.get(system or "")
-                if system is None:
-                    continue  # local and proprietary code systems: by far most codings in a real chart
-            if system in self._family_systems:  # ICD-10-CM: punctuation-free codes, families by prefix
-                key = normalise(system, code)
-                ids = self._value_set_ids(resource_type, key) if key else ()
-            else:
-                ids = index.get((system, code.strip()), ())
-            for value_set_id in ids:
-                cutoff = self._cutoffs.get(value_set_id)
-                # ISO dates compare as strings; an undated resource is always read
-                if cutoff is None or when is None or when[:10] >= cutoff:
-                    if not self._value_counts(value_set_id, value):
-                        elements = CHECKED if elements is None else elements
-                        continue
-                    narrowed = self._elements.get(value_set_id, EVERYTHING)
-                    elements = narrowed if elements is None else elements | narrowed
+            cutoff = self._cutoffs.get(value_set_id)
+            # ISO dates compare as strings; an undated resource is always read
+            if cutoff is None or when is None or when[:10] >= cutoff:
+                if not self._value_counts(value_set_id, value):
+                    elements = CHECKED if elements is None else elements
+                    continue
+                narrowed = self._elements.get(value_set_id, EVERYTHING)
+                elements = narrowed if elements is None else elements | narrowed
         return elements
