@@ -67,6 +67,11 @@ def fetch_failed(keys: int) -> None:
 
 def init_app(app: Flask, service_ids: list[str]) -> None:
     known = set(service_ids)
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        # `cds-service serve` and gunicorn.conf.py make it; a server started some other way (granian
+        # or gunicorn run by hand) would otherwise fail every call when a metric is first written
+        os.makedirs(folder, exist_ok=True)
 
     @app.before_request
     def start_clock() -> None:

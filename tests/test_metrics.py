@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 import urllib.request
 
 from conftest import SELECT, load_request
@@ -93,6 +95,25 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path):
     ]
     assert len(requests) == 40
     assert {"hookInstance", "status", "latency_ms", "rules", "ratings"} <= set(requests[0])
+
+
+def test_calls_are_answered_when_the_multiprocess_metrics_folder_does_not_exist_yet(tmp_path):
+    """Regression: granian started by hand with PROMETHEUS_MULTIPROC_DIR naming a folder not yet made
+    answered every hook call 500 (the bench measured those 500s)."""
+    code = (
+        "import json, sys; from cds_service import create_app; "
+        f"app = create_app({{'database_url': 'sqlite:///{tmp_path}/cds.sqlite3', 'auth': 'off'}}); "
+        "body = open(sys.argv[1], 'rb').read(); "
+        "answer = app.test_client().post('/cds-services/lumbar-mri-order-select', data=body, "
+        "content_type='application/json'); print(answer.status_code)"
+    )
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps(load_request("acute-lbp-defer")))
+    env = {"PATH": os.environ["PATH"], "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "not-made" / "metrics")}
+    result = subprocess.run([sys.executable, "-c", code, str(request_file)], env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.stdout.strip() == "200", result.stderr[-2000:]
+    assert os.listdir(tmp_path / "not-made" / "metrics")  # the call's samples were written
 
 
 def test_one_json_line_per_request_with_the_decision(client):
