@@ -193,6 +193,8 @@ def load_wrk(port: int, body_file: Path) -> tuple[float, float]:
     rate_match, p99_match = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     if rate_match is None or p99_match is None:
         raise SystemExit(f"wrk printed no rate or p99:\n{out}")
+    if "Non-2xx" in out or "Socket errors" in out:  # a rate of error answers is no measure of the service
+        raise SystemExit(f"the server at port {port} answered errors:\n{out}")
     rate = float(rate_match.group(1))
     value, unit = p99_match.groups()
     return rate, float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -213,7 +215,10 @@ def load_python(port: int, body_file: Path) -> tuple[float, float]:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             started = time.perf_counter()
             connection.request("POST", SELECT, body=body, headers={"Content-Type": "application/json"})
-            connection.getresponse().read()
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 200:  # a rate of error answers is no measure of the service
+                raise SystemExit(f"the server at port {port} answered {answer.status}")
             mine.append(time.perf_counter() - started)
             connection.close()
         with lock:
@@ -241,6 +246,7 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
         "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
     }
+    (tmp / "metrics").mkdir(exist_ok=True)  # as `cds-service serve` makes it
     load = load_wrk if shutil.which("wrk") else load_python
     servers = {}
     try:
