@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -112,14 +113,20 @@ def _origin_and_path(url: str) -> tuple[str, str, str] | None:
 def is_allowed(url: str, allowlist: tuple[str, ...]) -> bool:
     """True when `url` lies under one of the allowed prefixes: same scheme, host and port, and
     a path that continues the prefix at a segment boundary (so `/fhir` does not admit `/fhir-evil`)."""
-    target = _origin_and_path(url)
+    return _under(_origin_and_path(url), _prefixes(allowlist))
+
+
+@lru_cache(maxsize=64)
+def _prefixes(allowlist: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
+    """The allowlist's prefixes, parsed once (it is configuration, not request content)."""
+    return tuple(parsed for parsed in map(_origin_and_path, allowlist) if parsed is not None)
+
+
+def _under(target: tuple[str, str, str] | None, prefixes: tuple[tuple[str, str, str], ...]) -> bool:
     if target is None:
         return False
-    for prefix in allowlist:
-        allowed = _origin_and_path(prefix)
-        if allowed is None or allowed[:2] != target[:2]:
-            continue
-        if target[2] == allowed[2] or target[2].startswith(allowed[2] + "/"):
+    for allowed in prefixes:
+        if allowed[:2] == target[:2] and (target[2] == allowed[2] or target[2].startswith(allowed[2] + "/")):
             return True
     return False
 
@@ -130,7 +137,7 @@ class ConnectionPools:
     each request, and requests are sent at the adapter level, so no cookie jar exists that could
     carry something set for one user into another user's call."""
 
-    def __init__(self, max_servers: int = 16, connections_per_server: int = 8, max_threads: int = 64) -> None:
+    def __init__(self, max_servers: int = 16, connections_per_server: int = 16, max_threads: int = 64) -> None:
         self._adapters: dict[str, requests.adapters.HTTPAdapter] = {}
         self._max_servers = max_servers
         self._connections = connections_per_server
@@ -199,6 +206,8 @@ class FhirClient:
         self._budget = budget_seconds
         self._max_pages = max_pages
         self._max_bytes = max_response_bytes
+        own = _origin_and_path(self.base_url)
+        self._own = (own,) if own is not None else ()
 
     def fetch_all(self, queries: Mapping[str, str]) -> tuple[dict[str, FetchResult], dict[str, str]]:
         """Fetch every query concurrently. Returns (results, failures: key -> reason)."""
@@ -217,9 +226,15 @@ class FhirClient:
         # One connection pool for all keys, holding one connection per concurrent key.
         adapter = self._pools.adapter_for(self.base_url) if self._pools else _new_adapter(workers)
         try:
-            futures = {
-                pool.submit(self._fetch_key, adapter, key, query, deadline): key for key, query in queries.items()
-            }
+            # Every first request is prepared here, before any is sent: the fetching threads then only
+            # send, so the queries reach the server together instead of one per thread start-up.
+            first: dict[str, tuple[str, requests.PreparedRequest]] = {}
+            for key, query in queries.items():
+                try:
+                    first[key] = self._prepare(key, urljoin(self.base_url, query.lstrip("/")))
+                except FetchFailed as failed:
+                    failures[key] = failed.reason
+            futures = {pool.submit(self._fetch_key, adapter, key, ready, deadline): key for key, ready in first.items()}
             done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             for future in done:
                 key = futures[future]
@@ -242,30 +257,32 @@ class FhirClient:
                 adapter.close()  # a thread still waiting on a slow server keeps using it until it gives up
         return results, failures
 
-    def _fetch_key(self, adapter: requests.adapters.HTTPAdapter, key: str, query: str, deadline: float) -> FetchResult:
-        url: str | None = urljoin(self.base_url, query.lstrip("/"))
+    def _fetch_key(
+        self,
+        adapter: requests.adapters.HTTPAdapter,
+        key: str,
+        ready: tuple[str, requests.PreparedRequest],
+        deadline: float,
+    ) -> FetchResult:
         result = FetchResult()
-        while url is not None:
-            if len(result.pages) >= self._max_pages:
-                raise FetchFailed(key, f"more than {self._max_pages} pages of results")
-            # on the allowlist, and under this call's fhirServer: the token is never sent to another server
-            if not is_allowed(url, self._allowlist) or not is_allowed(url, (self.base_url,)):
-                raise FetchFailed(key, "a link points outside the request's FHIR server")
-            body = self._get(adapter, key, url, deadline)
+        while True:
+            body = self._get(adapter, key, ready[1], deadline)
             try:
                 page, url = self._parse(body)  # parsed here, while other keys still wait on the network
             except ValueError as exc:
                 raise FetchFailed(key, f"the FHIR server's data is not valid FHIR JSON ({exc})") from None
             result.pages.append(page)
-            if url is not None:
-                url = urljoin(self.base_url, url)
-        return result
+            if url is None:
+                return result
+            if len(result.pages) >= self._max_pages:
+                raise FetchFailed(key, f"more than {self._max_pages} pages of results")
+            ready = self._prepare(key, urljoin(self.base_url, url))
 
-    def _get(self, adapter: requests.adapters.HTTPAdapter, key: str, url: str, deadline: float) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise FetchFailed(key, f"no answer within the {self._budget:g} s budget")
-        started = time.monotonic()
+    def _prepare(self, key: str, url: str) -> tuple[str, requests.PreparedRequest]:
+        # on the allowlist, and under this call's fhirServer: the token is never sent to another server
+        target = _origin_and_path(url)
+        if not _under(target, _prefixes(self._allowlist)) or not _under(target, self._own):
+            raise FetchFailed(key, "a link points outside the request's FHIR server")
         # Sent at the adapter level: no session cookies, hooks, environment proxies or redirects.
         prepared = requests.PreparedRequest()  # prepared by hand: no cookie jar is ever consulted
         prepared.prepare_method("GET")
@@ -275,6 +292,15 @@ class FhirClient:
         )
         prepared.prepare_body(None, None)
         prepared.prepare_hooks(None)
+        return url, prepared
+
+    def _get(
+        self, adapter: requests.adapters.HTTPAdapter, key: str, prepared: requests.PreparedRequest, deadline: float
+    ) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchFailed(key, f"no answer within the {self._budget:g} s budget")
+        started = time.monotonic()
         try:
             response = adapter.send(prepared, stream=True, timeout=(min(remaining, 3.0), remaining))
         except requests.Timeout:
