@@ -242,17 +242,19 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
     if kind is None:
         return
     record.seen += 1
-    if not status_counts(kind.name, resource.status):
+    if resource.status is not None and not status_counts(kind.name, resource.status):
         return
     elements: frozenset[str] | None = EVERYTHING
     matches: Matches | None = None
     if kind.code_element is not None:
         element = kind.code_element
-        matches = reading_list.matches(kind.name, resource.coded(element), lambda: resource.concept_text(element))
+        concept = resource.code if element == "code" else resource.medicationCodeableConcept
+        text = resource.concept_text(element) if concept is not None and reading_list.reads_by_name(kind.name) else None
+        matches = reading_list.index.matches(concept.coding, text) if concept is not None else {}
         if kind.name == "Observation":
             elements = reading_list.reads(kind.name, matches, resource.when, resource.valueQuantity)
             if elements is None and resource.valueCodeableConcept is not UNSET:
-                answer = reading_list.matches(kind.name, _answer_codings(resource.valueCodeableConcept))
+                answer = reading_list.index.matches(_answer_codings(resource.valueCodeableConcept))
                 elements = reading_list.reads(kind.name, answer, resource.when)
         else:
             elements = reading_list.reads(kind.name, matches)

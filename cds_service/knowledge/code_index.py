@@ -37,6 +37,7 @@ class CodeIndex:
         self._named = tuple(value_set for value_set in value_sets.values() if value_set.names)
         self._families = set(self._prefixes) | set(self._ranges)
         self._systems = {system for system, _ in self._codes} | self._families
+        self._plain = self._systems - self._families  # matched by exact code: no families, no punctuation
 
     def matches(self, codings: Iterable[HasCoding], text: str | None = None) -> Matches:
         """The value sets the codings fall in, each with the first coding in it; with `text` (a
@@ -46,14 +47,18 @@ class CodeIndex:
             system, code = coding.system, coding.code
             if not code or not isinstance(code, str):
                 continue
-            if system in self._systems and system not in self._families:
-                key = (system, code.strip())
+            if system in self._plain:  # SNOMED CT, LOINC, CPT, RxNorm: one dict lookup
+                ids = self._codes.get((system, code.strip()))
+                if ids is None:
+                    continue
+                if self._excluded:
+                    ids = self._included(ids, system, code.strip())
             else:
-                normalised = normalise(system, code)
-                if normalised is None or normalised[0] not in self._systems:
+                key = normalise(system, code)
+                if key is None or key[0] not in self._systems:
                     continue  # local and proprietary code systems: by far most codings in a real chart
-                key = normalised
-            for value_set_id in self._value_sets_of(key):
+                ids = self._value_sets_of(key)
+            for value_set_id in ids:
                 if value_set_id not in found:
                     found[value_set_id] = coding
         if text:
@@ -70,6 +75,7 @@ class CodeIndex:
             if prefixes and code.startswith(prefixes):
                 ids += tuple(value_set_id for prefix, value_set_id in pairs if code.startswith(prefix))
             ids += tuple(value_set_id for lo, hi, value_set_id in self._ranges.get(system, ()) if lo <= code[:3] <= hi)
-        if self._excluded and ids:
-            ids = tuple(v for v in ids if not code.startswith(self._excluded.get(v, {}).get(system, ())))
-        return ids
+        return self._included(ids, system, code) if self._excluded and ids else ids
+
+    def _included(self, ids: tuple[str, ...], system: str, code: str) -> tuple[str, ...]:
+        return tuple(v for v in ids if not code.startswith(self._excluded.get(v, {}).get(system, ())))

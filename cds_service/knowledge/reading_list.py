@@ -7,7 +7,7 @@ Everything else in a large chart is counted and skipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +17,7 @@ import msgspec
 from .code_index import CodeIndex, Matches
 from .facts import OBSERVATION_BASE, Fact, Window
 from .units import celsius
-from .value_sets import HasCoding, ValueSet
+from .value_sets import ValueSet
 
 EVERYTHING: frozenset[str] = frozenset({"*"})  # the rules may read any element of the resource
 CHECKED: frozenset[str] = frozenset()  # matched and looked at, but it cannot change a decision: not read
@@ -92,13 +92,10 @@ class ReadingList:
             value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
         }
 
-    def matches(
-        self, resource_type: str, codings: Iterable[HasCoding], text: Callable[[], str] | None = None
-    ) -> Matches:
-        """The value sets a resource's codes fall in (code_index.py); medicines also by the
-        ingredient names in `text()`, for resource types that facts read by name."""
-        named = text() if text is not None and resource_type in self._by_name else None
-        return self.index.matches(codings, named)
+    def reads_by_name(self, resource_type: str) -> bool:
+        """Whether facts match this resource type by the ingredient names in its text too (medicines):
+        the scan then passes the text to the index (code_index.py)."""
+        return resource_type in self._by_name
 
     def _value_counts(self, value_set_id: str, value: Any) -> bool:
         """For value sets read only at or above a threshold (`Source.read_at_or_above`)."""

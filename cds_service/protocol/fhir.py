@@ -123,11 +123,6 @@ class WireResource(msgspec.Struct):
     procedureCode: msgspec.Raw | _Unset = UNSET
     series: msgspec.Raw | _Unset = UNSET
 
-    def coded(self, element: str) -> list[SlimCoding]:
-        """The codings of `element` ("code" or "medicationCodeableConcept"), for the reading list."""
-        concept = self.code if element == "code" else self.medicationCodeableConcept
-        return concept.coding if concept else []
-
     def concept_text(self, element: str) -> str:
         """The text and displays of `element`: products are matched by their ingredients' names."""
         concept = self.code if element == "code" else self.medicationCodeableConcept
