@@ -15,7 +15,6 @@ built whole by Flask: nothing streams.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import io
 import os
 from collections.abc import Callable
@@ -52,8 +51,7 @@ class Bridge:
                 environ["CONTENT_LENGTH"] = str(len(body))
                 environ.pop("HTTP_TRANSFER_ENCODING", None)
                 loop = asyncio.get_running_loop()
-                context = contextvars.copy_context()
-                status, headers, answer = await loop.run_in_executor(self.executor, context.run, self._run, environ)
+                status, headers, answer = await loop.run_in_executor(self.executor, self._run, environ)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": answer})
 
@@ -72,27 +70,26 @@ class Bridge:
 
     async def _read_body(self, receive: Any, send: Any) -> bytes | None:
         """The whole body within the time and size limits; None when the client was answered."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.body_read_timeout_s
         chunks: list[bytes] = []
         size = 0
-        while True:
-            try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                diagnostics = f"The request body was not received within {self.body_read_timeout_s:g} s"
-                await _answer(send, 408, "timeout", diagnostics)
-                return None
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body:
-                await _answer(send, 413, "too-costly", "The request body is larger than this service accepts")
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.body_read_timeout_s):  # one deadline, not a task per message
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body:
+                        await _answer(send, 413, "too-costly", "The request body is larger than this service accepts")
+                        return None
+                    chunks.append(chunk)
+                    if not message.get("more_body"):
+                        return b"".join(chunks)
+        except TimeoutError:
+            diagnostics = f"The request body was not received within {self.body_read_timeout_s:g} s"
+            await _answer(send, 408, "timeout", diagnostics)
+            return None
 
     def _run(self, environ: dict[str, Any]) -> Answer:
         """The WSGI app, called in a worker thread: its status, headers and whole body."""
