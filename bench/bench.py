@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`make bench`: speed as ratios against floors measured in the same run on this machine.
 
-W1  ~200 KB prefetch, served by gunicorn (2 workers): throughput and p99 vs a bare Flask app
-    that parses the same body and returns {"cards": []} under the same gunicorn settings.
+W1  ~200 KB prefetch, served as `cds-service serve` serves it (granian, 2 workers; BENCH_SERVER=gunicorn
+    for gunicorn): throughput and p99 vs a bare Flask app that parses the same body and returns
+    {"cards": []}, served plain; and (granian) vs that app behind the same ASGI bridge.
 W2  ~2 MB prefetch, in process: handling time (median, p99) vs orjson.loads of the same body.
 W3  no prefetch; every key fetched from a local FHIR stub that answers each query after 20 ms:
     wall time vs one 20 ms query.
@@ -153,9 +154,9 @@ def start_server(app_path: str, port: int, env: dict, cwd: Path) -> subprocess.P
     if SERVER == "gunicorn":
         command = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "-b",
                    f"127.0.0.1:{port}", app_path]  # fmt: skip
-    else:  # the service as cds-service serve runs it (asgi.py); the echo floor as a plain WSGI app
-        interface = "asgi" if app_path.startswith("cds_service") else "wsgi"
-        app_path = "cds_service.asgi:app" if interface == "asgi" else app_path
+    else:  # the service as cds-service serve runs it (asgi.py); the echo floor plain, and bridged
+        interface = "asgi" if app_path.startswith("cds_service") or app_path.endswith(":bridged") else "wsgi"
+        app_path = "cds_service.asgi:app" if app_path.startswith("cds_service") else app_path
         command = [sys.executable, "-m", "granian", "--interface", interface, "--workers", "2", "--http", "1",
                    "--no-ws", "--host", "127.0.0.1", "--port", str(port), app_path]  # fmt: skip
     process = subprocess.Popen(
@@ -249,20 +250,24 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
     (tmp / "metrics").mkdir(exist_ok=True)  # as `cds-service serve` makes it
     load = load_wrk if shutil.which("wrk") else load_python
     servers = {}
+    apps = {"echo": "echo_app:app", "service": "cds_service.wsgi:app"}
+    if SERVER != "gunicorn":  # the floor under the served stack too: the echo behind the same bridge
+        apps["bridged_echo"] = "echo_app:bridged"
     try:
-        for name, app_path in (("echo", "echo_app:app"), ("service", "cds_service.wsgi:app")):
+        for name, app_path in apps.items():
             port = free_port()
             servers[name] = (port, start_server(app_path, port, env, ROOT / "bench"))
             load(port, body_file)  # warm-up
-        results: dict[str, list[tuple[float, float]]] = {"echo": [], "service": []}
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
         for _ in range(rounds):
-            for name in ("echo", "service"):
+            for name in apps:
                 results[name].append(load(servers[name][0], body_file))
     finally:
         for _, process in servers.values():
             process.terminate()
             process.wait(10)
     ratios = [s[0] / e[0] for e, s in zip(results["echo"], results["service"], strict=True)]
+    bridged = [s[0] / e[0] for e, s in zip(results.get("bridged_echo", []), results["service"], strict=False)]
     p99_ratios = [s[1] / e[1] for e, s in zip(results["echo"], results["service"], strict=True)]
     return {
         "w1_body_bytes": body_file.stat().st_size,
@@ -279,6 +284,15 @@ def bench_w1(tmp: Path, rounds: int = 3) -> dict:
             round(max(ratios), 3),
         ],
         "w1_server": SERVER,
+        # the same service against the echo served through the same ASGI bridge (granian only)
+        **(
+            {
+                "w1_bridged_echo_rps": round(statistics.median(r[0] for r in results["bridged_echo"]), 1),
+                "w1_served_over_bridged_echo": round(statistics.median(bridged), 3),
+            }
+            if bridged
+            else {}
+        ),  # fmt: skip
         "w1_p99_over_echo_p99": round(statistics.median(p99_ratios), 3),
     }
 
@@ -319,6 +333,9 @@ def main() -> None:
         met = results[key] <= limit if op == "<=" else results[key] >= limit
         rounds = " / ".join(str(v) for v in results.get(spread.get(key, ""), []))
         print(f"{key:26} {results[key]:>8}  {op} {limit:<5}  {'met' if met else 'MISSED':6}  {rounds}", file=sys.stderr)
+    if "w1_served_over_bridged_echo" in results:
+        print(f"W1 against the echo behind the same ASGI bridge: {results['w1_served_over_bridged_echo']} "
+              f"({results['w1_served_rps']} vs {results['w1_bridged_echo_rps']} req/s)", file=sys.stderr)  # fmt: skip
     print(f"W1 p99: served {results['w1_served_p99_ms']} ms, echo {results['w1_echo_p99_ms']} ms ({SERVER}); "
           f"W3 p50 {results['w3_wall_ms']} ms, p99 {results['w3_wall_p99_ms']} ms", file=sys.stderr)  # fmt: skip
     (ROOT / "var").mkdir(exist_ok=True)
