@@ -83,3 +83,26 @@ def test_odd_order_codes_are_not_ours_and_do_not_crash(client, code):
     request["context"]["draftOrders"]["entry"][0]["resource"]["code"] = code
     response = client.post("/cds-services/lumbar-mri-order-select", json=request)
     assert response.status_code == 200 and response.get_json() == {"cards": []}
+
+
+def test_a_draft_order_with_an_invalid_reason_is_read_and_the_order_sent_back_is_as_it_came(client):
+    """The rating's resource is the order as the client sent it; repairing an invalid element for the
+    rules' typed copy must not change it."""
+    request = load_request("acute-lbp-defer")
+    draft = request["context"]["draftOrders"]["entry"][0]["resource"]
+    draft["reasonReference"] = [{"reference": 42}]  # not a string: dropped from the rules' typed copy
+    response = client.post("/cds-services/lumbar-mri-order-select", json=request)
+    assert response.status_code == 200
+    rated = response.get_json()["systemActions"][0]["resource"]
+    assert rated["reasonReference"] == [{"reference": 42}]
+    assert response.get_json()["cards"]  # the order was still judged
+
+
+def test_a_draft_order_whose_reason_reference_names_no_resource_is_judged(client):
+    """Regression: a reasonReference with only a display (valid FHIR) answered 500."""
+    request = load_request("acute-lbp-defer")
+    draft = request["context"]["draftOrders"]["entry"][0]["resource"]
+    draft["reasonReference"] = [{"display": "Low back pain"}]
+    response = client.post("/cds-services/lumbar-mri-order-select", json=request)
+    assert response.status_code == 200
+    assert response.get_json()["cards"]

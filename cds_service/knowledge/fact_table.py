@@ -12,7 +12,7 @@ import re
 from datetime import date
 from typing import Any
 
-from .facts import Element, Evidence, Fact, FactContext, Match, Source, Window, conditions, observations
+from .facts import Element, Evidence, Fact, FactContext, Match, Source, Window, conditions, named_reasons, observations
 from .facts import orders_and_procedures as requests_or_procedures
 from .fhir_values import codings, concept_label, in_value_set, is_positive, is_raised, quantity_celsius, quantity_text
 from .statuses import INACTIVE_CLINICAL, StatusPolicy, clinical_status
@@ -95,9 +95,9 @@ def _lumbar_study(match: Match) -> Evidence | None:
 
 def _active_or_named_by_order(match: Match) -> Evidence | None:
     """A resolved back-pain Condition still counts when the order names it as its reason."""
-    model = match.context.order_model
-    referenced = {ref.reference.split("/")[-1] for ref in (model.reasonReference or [])} if model else set()
-    if clinical_status(match.resource) in INACTIVE_CLINICAL and match.resource.id not in referenced:
+    if clinical_status(match.resource) in INACTIVE_CLINICAL and match.resource.id not in named_reasons(
+        match.context.order_model
+    ):
         return None
     return match.evidence()
 

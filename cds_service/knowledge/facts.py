@@ -363,8 +363,7 @@ class FactReader:
                 yield model, reason
             return
         if element is Element.ORDER_REASON_REFERENCE:
-            named = {str(ref.reference).split("/_history/")[0].split("/")[-1]
-                     for ref in (model.reasonReference or []) if ref.reference} if model is not None else set()  # fmt: skip
+            named = named_reasons(model)
             for condition in context.record.conditions:
                 if condition.id in named:
                     yield condition, condition.code
@@ -392,6 +391,15 @@ class FactReader:
         lead = int(getattr(self.t, source.lead)) if source.lead else 0
         recent = self.today - timedelta(days=self.t.red_flag_recent_days)
         return when >= recent or (start is not None and when >= start - timedelta(days=lead))
+
+
+def named_reasons(order_model: Any) -> set[str]:
+    """The ids of the resources a draft order names as its reason (reasonReference). A reference
+    with only a display or an identifier names none."""
+    if order_model is None:
+        return set()
+    return {str(ref.reference).split("/_history/")[0].split("/")[-1]
+            for ref in (order_model.reasonReference or []) if ref.reference}  # fmt: skip
 
 
 def _codings(concept: Any) -> list[Any]:
