@@ -48,9 +48,14 @@ def projection(resource: WireResource, elements: frozenset[str] = EVERYTHING) ->
 def draft_order_model(order: dict[str, Any], patient_id: str, notes: list[str]) -> Any | None:
     """The typed R4B model of a draft order as the client sent it: the elements the rules read
     (its reasons; the ordered study is already known from its code)."""
-    data = {key: copy.deepcopy(order[key]) for key in _DRAFT_ELEMENTS if key in order}
+    data = {key: order[key] for key in _DRAFT_ELEMENTS if key in order}
     data["resourceType"] = "ServiceRequest"
-    return typed_model("ServiceRequest", data, patient_id, notes)
+    try:  # validation reads its input and never changes it: no copy for a valid order
+        return RESOURCE_TYPES["ServiceRequest"].model.model_validate(data)  # type: ignore[attr-defined]
+    except (ValidationError, KeyError, TypeError, ValueError):
+        pass
+    # repairing drops invalid elements from the data: a copy, so the order as sent is left as it was
+    return typed_model("ServiceRequest", copy.deepcopy(data), patient_id, notes)
 
 
 def typed_model(resource_type: str, data: dict[str, Any], patient_id: str, notes: list[str]) -> Any | None:

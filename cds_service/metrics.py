@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import lru_cache
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
@@ -40,9 +41,16 @@ _AUTH_REASONS = (
 bp = Blueprint("metrics", __name__)
 
 
+@lru_cache(maxsize=512)
+def _child(metric: Any, *labels: str) -> Any:
+    """A metric's child for these label values, bound once: every label set here comes from a closed
+    list (service ids, statuses, ratings, topics), so the cache stays small."""
+    return metric.labels(*labels)
+
+
 def auth_failure(reason: str) -> None:
     label = next((category for needle, category in _AUTH_REASONS if needle in reason), "invalid")
-    AUTH_FAILURES.labels(label).inc()
+    _child(AUTH_FAILURES, label).inc()
 
 
 def evaluation(evaluation: Any) -> None:
@@ -50,19 +58,19 @@ def evaluation(evaluation: Any) -> None:
     if record is not None:
         for source in record.sources.values():
             if source == "fetched":
-                FHIR_FALLBACK.labels("fetched").inc()
+                _child(FHIR_FALLBACK, "fetched").inc()
             elif source == "unavailable":
-                FHIR_FALLBACK.labels("failed").inc()
+                _child(FHIR_FALLBACK, "failed").inc()
     silent = "true" if evaluation.silent else "false"
     for result in evaluation.results:
-        RATINGS.labels(result.assessment.rating).inc()
+        _child(RATINGS, result.assessment.rating).inc()
         for card in result.cards:
-            CARDS.labels(card.topic.value, silent).inc()
+            _child(CARDS, card.topic.value, silent).inc()
 
 
 def fetch_failed(keys: int) -> None:
     """Keys that could not be fetched when the call ended in a 412."""
-    FHIR_FALLBACK.labels("failed").inc(keys)
+    _child(FHIR_FALLBACK, "failed").inc(keys)
 
 
 def init_app(app: Flask, service_ids: list[str]) -> None:
@@ -83,8 +91,8 @@ def init_app(app: Flask, service_ids: list[str]) -> None:
     @app.after_request
     def count(response: Response) -> Response:
         label = g.get("metrics_label", "unknown")
-        REQUESTS.labels(label, str(response.status_code)).inc()
-        LATENCY.labels(label).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        _child(REQUESTS, label, str(response.status_code)).inc()
+        _child(LATENCY, label).observe(time.perf_counter() - g.get("started", time.perf_counter()))
         return response
 
     app.register_blueprint(bp)
