@@ -83,7 +83,6 @@ class WireResource(msgspec.Struct):
     abatementString: msgspec.Raw | _Unset = UNSET
     abatementBoolean: msgspec.Raw | _Unset = UNSET
     recordedDate: msgspec.Raw | _Unset = UNSET
-    note: msgspec.Raw | _Unset = UNSET
     valueQuantity: msgspec.Raw | _Unset = UNSET
     valueCodeableConcept: msgspec.Raw | _Unset = UNSET
     valueString: msgspec.Raw | _Unset = UNSET
@@ -108,7 +107,6 @@ class WireResource(msgspec.Struct):
     deceasedDateTime: msgspec.Raw | _Unset = UNSET
     # medicines: the code is typed, for the reading list
     medicationCodeableConcept: ConceptStruct | None = None
-    medicationReference: msgspec.Raw | _Unset = UNSET
     dispenseRequest: msgspec.Raw | _Unset = UNSET
     dateAsserted: msgspec.Raw | _Unset = UNSET
     # the encounter: where the order was placed (the audit trail's department)
@@ -117,7 +115,6 @@ class WireResource(msgspec.Struct):
     location: msgspec.Raw | _Unset = UNSET
     serviceProvider: msgspec.Raw | _Unset = UNSET
     # imaging: reports and studies
-    conclusionCode: msgspec.Raw | _Unset = UNSET
     started: msgspec.Raw | _Unset = UNSET
     modality: msgspec.Raw | _Unset = UNSET
     procedureCode: msgspec.Raw | _Unset = UNSET
