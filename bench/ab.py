@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""What a change saved: the W1 body handled in process by two trees, in alternating rounds.
+"""What a change saved: the W1 (or W2) body handled in process by two trees, in alternating rounds.
 
-    .venv/bin/python bench/ab.py BASE_REV [--rounds 9] [--calls 300]
+    .venv/bin/python bench/ab.py BASE_REV [--body w1|w2] [--rounds 9] [--calls 300]
 
 BASE_REV is checked out into a temporary git worktree. One process per tree loads the app once;
 rounds then alternate between them (base, this tree, base, ...) so that drift in a shared machine's
@@ -26,7 +26,7 @@ import orjson, records
 from cds_service import create_app
 db = os.path.join(tempfile.mkdtemp(), "ab.sqlite3")
 client = create_app({"database_url": f"sqlite:///{db}", "auth": "off"}).test_client()
-body = orjson.dumps(records.record(60, 20, 30))
+body = orjson.dumps(records.record(*SIZE))
 path = "/cds-services/lumbar-mri-order-select"
 for _ in range(100):
     assert client.post(path, data=body, content_type="application/json").status_code == 200
@@ -41,9 +41,12 @@ for line in sys.stdin:
 """
 
 
-def start(tree: Path) -> subprocess.Popen:
+SIZES = {"w1": (60, 20, 30), "w2": (650, 190, 300)}  # the W1 and W2 records of make bench
+
+
+def start(tree: Path, body: str) -> subprocess.Popen:
     env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin", "CDS_AUTH": "off"}
-    child = subprocess.Popen([sys.executable, "-c", CHILD], cwd=tree, env=env, text=True,
+    child = subprocess.Popen([sys.executable, "-c", f"SIZE = {SIZES[body]}\n" + CHILD], cwd=tree, env=env, text=True,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
     assert child.stdout is not None and child.stdout.readline().strip() == "ready", f"{tree} did not start"
     return child
@@ -52,6 +55,7 @@ def start(tree: Path) -> subprocess.Popen:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("base")
+    parser.add_argument("--body", choices=sorted(SIZES), default="w1")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
@@ -59,7 +63,7 @@ def main() -> None:
         base_tree = Path(directory) / "base"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(base_tree), args.base], cwd=ROOT, check=True)
         try:
-            children = {"base": start(base_tree), "this": start(ROOT)}
+            children = {"base": start(base_tree, args.body), "this": start(ROOT, args.body)}
             times: dict[str, list[float]] = {"base": [], "this": []}
             for _ in range(args.rounds):
                 for name, child in children.items():
