@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -26,6 +27,7 @@ from .configuration import PrefetchFailurePolicy, Settings
 from .fhir_client import ConnectionPools, FetchResult, FhirClient, is_allowed
 from .fhir_models import EVERYTHING, projection, typed_model
 from .knowledge.code_index import Matches
+from .knowledge.fhir_values import resource_date
 from .knowledge.reading_list import ReadingList
 from .knowledge.statuses import status_counts
 from .protocol import CdsError, HookRequest
@@ -35,6 +37,30 @@ from .services import ServiceDefinition, render_template
 
 log = logging.getLogger(__name__)
 ClientFactory = Callable[..., FhirClient]
+
+
+@dataclass
+class Deferred:
+    """A resource the reading list matched, of a type facts read only within the current episode:
+    typed when the facts ask for it (`PatientRecord.type_deferred`), unless it is dated before."""
+
+    data: dict[str, Any]  # its projection, ready for the R4B model
+    matches: Matches | None
+    when: date | None  # as the facts will date it (the same date readers, on the projection)
+
+
+class _JsonView:
+    """Attribute access to projected JSON as the typed model gives it (absent: None), so that the
+    facts' own date readers (fhir_values.DATE_OF) date a resource before it is typed."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._data.get(name)
+        return _JsonView(value) if isinstance(value, dict) else value
 
 
 @dataclass
@@ -54,6 +80,7 @@ class PatientRecord:
     ids: set[tuple[str, str]] = field(default_factory=set)  # (type, id) kept: each resource is read once
     # id(model) -> the value sets its code falls in, as the scan found them: the facts reuse them
     code_matches: dict[int, Matches] = field(default_factory=dict)
+    deferred: dict[str, list[Deferred]] = field(default_factory=dict)  # by resource type, in scan order
 
     def __getattr__(self, bucket: str) -> list[Any]:
         entry = BUCKETS.get(bucket)
@@ -85,6 +112,39 @@ class PatientRecord:
         if matches is not None:
             self.code_matches[id(model)] = matches
 
+    def defer(self, resource_type: str, entry: Deferred) -> None:
+        resource_id = entry.data.get("id")
+        if isinstance(resource_id, str):
+            if (resource_type, resource_id) in self.ids:
+                return  # read once
+            self.ids.add((resource_type, resource_id))
+        self.deferred.setdefault(resource_type, []).append(entry)
+
+    def matched(self, resource_type: str) -> int:
+        """The resources of this type the rules read: typed, or waiting to be (`deferred`)."""
+        return len(self.resources[resource_type]) + len(self.deferred.get(resource_type, ()))
+
+    def type_deferred(self, resource_type: str, since: date | None) -> None:
+        """Type the deferred resources dated on or after `since`, or undated (all of them when `since`
+        is None); the others cannot count and stay as they are."""
+        waiting = self.deferred.get(resource_type)
+        if not waiting:
+            return
+        still = []
+        for entry in waiting:
+            if since is not None and entry.when is not None and entry.when < since:
+                still.append(entry)
+                continue
+            notes = len(self.data_quality)
+            model = typed_model(resource_type, entry.data, self.patient_id, self.data_quality)
+            if model is None:
+                continue
+            self.kept += 1
+            self.resources[resource_type].append(model)
+            if entry.matches is not None and len(self.data_quality) == notes:
+                self.code_matches[id(model)] = entry.matches
+        self.deferred[resource_type] = still
+
     def merge(self, part: PatientRecord) -> None:
         """Add what a fetching thread read from one page."""
         if part.patient is not None:
@@ -92,6 +152,9 @@ class PatientRecord:
         for name, models in part.resources.items():
             for model in models:
                 self.add(name, model, part.code_matches.get(id(model)))
+        for name, entries in part.deferred.items():
+            for entry in entries:
+                self.defer(name, entry)
         self.data_quality += part.data_quality
         self.seen += part.seen
         self.checked += part.checked
@@ -274,6 +337,9 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
         return
     if kind.slim is not None:
         data = kind.slim(data)
+    if kind.name in reading_list.episode_only:  # typed once the facts know when the episode began
+        record.defer(kind.name, Deferred(data, matches, resource_date(kind.name, _JsonView(data))))
+        return
     notes = len(record.data_quality)
     model = typed_model(kind.name, data, record.patient_id, record.data_quality)
     if model is not None:

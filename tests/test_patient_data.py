@@ -263,3 +263,52 @@ def test_fixture_requests_are_built_from_the_patient_records():
         [sys.executable, str(FIXTURES / "build_requests.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout
+
+
+# --- medicines: typed only when they can be this episode's conservative care --------------------
+
+
+def _medicines(request):
+    return [entry["resource"] for entry in request["prefetch"]["medicationRequests"]["entry"]]
+
+
+def test_medicines_dated_before_the_episode_are_looked_at_but_never_typed(app):
+    request = load_request("medication-failed-care")  # radiculopathy since 2026-01-10
+    for medicine in _medicines(request):
+        medicine["authoredOn"] = "2025-06-01"
+    evaluation = evaluate(app, request)
+    record = evaluation.record
+    assert record.medication_requests == []  # they could not count: no R4B model was built
+    assert len(record.deferred["MedicationRequest"]) == 2
+    detail = evaluation.response["cards"][0]["detail"]
+    assert "2 medicines" in detail  # still reported as looked at
+
+
+def test_medicines_in_the_episode_undated_or_just_before_it_are_typed(app):
+    request = load_request("medication-failed-care")
+    naproxen, muscle_relaxant = _medicines(request)
+    del muscle_relaxant["authoredOn"]  # undated: counts (the safe reading)
+    naproxen["authoredOn"] = "2026-01-09"  # the day before the episode began: typed, then judged
+    record = evaluate(app, request).record
+    assert sorted(m.id for m in record.medication_requests) == sorted([naproxen["id"], muscle_relaxant["id"]])
+    assert record.deferred["MedicationRequest"] == []
+
+
+def test_a_medicine_dated_by_its_dispense_window_is_dated_so_before_it_is_typed(app):
+    request = load_request("medication-failed-care")
+    naproxen = _medicines(request)[0]
+    del naproxen["authoredOn"]
+    naproxen["dispenseRequest"] = {"validityPeriod": {"start": "2025-01-01"}}
+    record = evaluate(app, request).record
+    assert [entry.data["id"] for entry in record.deferred["MedicationRequest"]] == [naproxen["id"]]
+
+
+def test_without_a_dated_episode_every_medicine_is_typed(app):
+    request = load_request("medication-failed-care")
+    for entry in request["prefetch"]["conditions"]["entry"]:
+        entry["resource"].pop("onsetDateTime", None)
+        entry["resource"].pop("recordedDate", None)
+    for medicine in _medicines(request):
+        medicine["authoredOn"] = "2020-01-01"
+    record = evaluate(app, request).record
+    assert len(record.medication_requests) == 2

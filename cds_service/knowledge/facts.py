@@ -297,7 +297,7 @@ class FactReader:
             "orders": len(record.service_requests),
             "procedures": len(record.procedures),
             "devices": len(record.devices),
-            "medicines": len(record.medication_requests) + len(record.medication_statements),
+            "medicines": _matched(record, "MedicationRequest") + _matched(record, "MedicationStatement"),
             "imaging": len(record.diagnostic_reports) + len(record.imaging_studies),
         }
         facts.unavailable = list(record.unavailable)
@@ -308,6 +308,7 @@ class FactReader:
             for source in fact.sources:
                 listed = candidates.get(source.element)
                 if listed is None:
+                    _type_deferred(record, source, facts)
                     listed = candidates[source.element] = self._candidates(source.element, context)
                 if listed:
                     found.extend(self._read_source(source, context, listed))
@@ -391,6 +392,22 @@ class FactReader:
         lead = int(getattr(self.t, source.lead)) if source.lead else 0
         recent = self.today - timedelta(days=self.t.red_flag_recent_days)
         return when >= recent or (start is not None and when >= start - timedelta(days=lead))
+
+
+def _matched(record: Any, resource_type: str) -> int:
+    matched = getattr(record, "matched", None)
+    return matched(resource_type) if matched is not None else len(record.resources[resource_type])
+
+
+def _type_deferred(record: Any, source: Source, facts: Facts) -> None:
+    """Resources the record defers (read only within the episode) are typed when first asked for:
+    those dated from the day before the episode began (a margin), or undated, or all of them when an
+    episode start is unknown or the source reads other dates."""
+    type_deferred = getattr(record, "type_deferred", None)
+    if type_deferred is None or not getattr(record, "deferred", None):
+        return
+    start = facts.episode_start if source.window is Window.EPISODE else None
+    type_deferred(source.element.resource_type, start - timedelta(days=1) if start is not None else None)
 
 
 def named_reasons(order_model: Any) -> set[str]:
