@@ -234,7 +234,7 @@ def load_python(port: int, body_file: Path) -> tuple[float, float]:
     return len(latencies) / (time.time() - started), percentile(latencies, 0.99) * 1000
 
 
-def bench_w1(tmp: Path, rounds: int = 3) -> dict:
+def bench_w1(tmp: Path, rounds: int = 5) -> dict:
     """Both servers stay up; short rounds alternate between them (echo, service, echo, ...) and the
     ratio is the median of the rounds' ratios, so that drift in this shared machine's speed affects
     both sides alike."""
