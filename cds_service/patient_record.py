@@ -41,8 +41,9 @@ ClientFactory = Callable[..., FhirClient]
 
 @dataclass
 class Deferred:
-    """A resource the reading list matched, of a type facts read only within the current episode:
-    typed when the facts ask for it (`PatientRecord.type_deferred`), unless it is dated before."""
+    """A resource the reading list matched, of a type facts read only within a window of dates (the
+    current episode, a look-back): typed when the facts ask for it (`PatientRecord.type_deferred`),
+    unless it is dated before every window. Code that reads such a bucket itself types it first."""
 
     data: dict[str, Any]  # its projection, ready for the R4B model
     matches: Matches | None
@@ -337,7 +338,7 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
         return
     if kind.slim is not None:
         data = kind.slim(data)
-    if kind.name in reading_list.episode_only:  # typed once the facts know when the episode began
+    if kind.name in reading_list.window_bounded:  # typed once the facts know where their windows begin
         record.defer(kind.name, Deferred(data, matches, resource_date(kind.name, _JsonView(data))))
         return
     notes = len(record.data_quality)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -312,3 +313,16 @@ def test_without_a_dated_episode_every_medicine_is_typed(app):
         medicine["authoredOn"] = "2020-01-01"
     record = evaluate(app, request).record
     assert len(record.medication_requests) == 2
+
+
+def test_imaging_studies_older_than_the_repeat_window_are_looked_at_but_never_typed(app):
+    request = load_request("prior-imaging-study")  # a lumbar MRI study from 2026-02-10: a repeat
+    study = request["prefetch"]["imagingStudies"]["entry"][0]["resource"]
+    old = copy.deepcopy(study)
+    old.update(id="old-study", started="2023-03-01T09:00:00Z")
+    request["prefetch"]["imagingStudies"]["entry"].append({"resource": old})
+    evaluation = evaluate(app, request)
+    assert [s.id for s in evaluation.record.imaging_studies] == [study["id"]]
+    assert [entry.data["id"] for entry in evaluation.record.deferred["ImagingStudy"]] == ["old-study"]
+    assert "R-11" in evaluation.rules_fired  # the recent study still makes this a repeat
+    assert "2 imaging reports and studies" in evaluation.response["cards"][0]["detail"]  # both looked at

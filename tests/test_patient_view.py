@@ -47,3 +47,12 @@ def test_order_hooks_still_require_draft_orders(client):
 def test_discovery_lists_the_patient_view_service(client):
     services = {s["id"]: s["hook"] for s in client.get("/cds-services").get_json()["services"]}
     assert services["lumbar-mri-patient-view"] == "patient-view"
+
+
+def test_an_order_placed_long_ago_and_still_pending_is_reviewed(client):
+    # other orders are typed only when their date can count for a fact; pending orders are all read
+    request = chart_opened("acute-lbp-defer")
+    request["prefetch"]["serviceRequests"]["entry"][-1]["resource"]["authoredOn"] = "2023-01-15"
+    assert [c["source"]["topic"]["code"] for c in client.post(VIEW, json=request).get_json()["cards"]] == [
+        "defer-imaging"
+    ]

@@ -280,6 +280,7 @@ class FactReader:
         now: datetime,
         facts: Sequence[Fact],
         index: CodeIndex | None = None,
+        windows: Mapping[str, tuple[tuple[Window, int | None], ...]] | None = None,
     ) -> None:
         self.vs = value_sets
         self.t = thresholds
@@ -287,6 +288,7 @@ class FactReader:
         self.today = now.date()
         self.declarations = facts
         self.index = index or CodeIndex(value_sets)
+        self.windows = windows or source_windows(facts, thresholds)
 
     def read(self, record: Any, order: Mapping[str, Any], order_model: Any, study: OrderedStudy) -> Facts:
         facts = Facts(now=self.now, study=study)
@@ -294,11 +296,11 @@ class FactReader:
         facts.looked_at = {
             "conditions": len(record.conditions),
             "observations": len(record.observations) + record.checked,
-            "orders": len(record.service_requests),
+            "orders": _matched(record, "ServiceRequest"),
             "procedures": len(record.procedures),
             "devices": len(record.devices),
             "medicines": _matched(record, "MedicationRequest") + _matched(record, "MedicationStatement"),
-            "imaging": len(record.diagnostic_reports) + len(record.imaging_studies),
+            "imaging": _matched(record, "DiagnosticReport") + _matched(record, "ImagingStudy"),
         }
         facts.unavailable = list(record.unavailable)
         context = FactContext(record, order, order_model, facts, self.vs, self.t, self.today)
@@ -308,13 +310,33 @@ class FactReader:
             for source in fact.sources:
                 listed = candidates.get(source.element)
                 if listed is None:
-                    _type_deferred(record, source, facts)
+                    self._type_deferred(record, source.element.resource_type, facts)
                     listed = candidates[source.element] = self._candidates(source.element, context)
                 if listed:
                     found.extend(self._read_source(source, context, listed))
             found = _unique(found)
             facts.evidence[fact.name] = fact.derive(context, found) if fact.derive else found
         return facts
+
+    def _type_deferred(self, record: Any, resource_type: str, facts: Facts) -> None:
+        """Resources the record defers (read only within windows of dates) are typed when first asked
+        for: those dated from the day before the earliest window of their type begins (a margin),
+        or undated; all of them when a window's start is unknown."""
+        type_deferred = getattr(record, "type_deferred", None)
+        if type_deferred is not None and getattr(record, "deferred", None):
+            since = self._earliest_start(resource_type, facts)
+            type_deferred(resource_type, since - timedelta(days=1) if since is not None else None)
+
+    def _earliest_start(self, resource_type: str, facts: Facts) -> date | None:
+        starts = []
+        for window, lookback in self.windows.get(resource_type, ((Window.ANY, None),)):
+            if window is Window.EPISODE and facts.episode_start is not None:
+                starts.append(facts.episode_start)
+            elif window is Window.LOOKBACK and lookback is not None:
+                starts.append(self.today - timedelta(days=lookback))
+            else:
+                return None  # some source reads any date, or its episode's start is unknown
+        return min(starts) if starts else None
 
     def _read_source(self, source: Source, context: FactContext, candidates: list[Candidate]) -> Iterator[Evidence]:
         resource_type = source.element.resource_type
@@ -394,20 +416,21 @@ class FactReader:
         return when >= recent or (start is not None and when >= start - timedelta(days=lead))
 
 
+def source_windows(facts: Sequence[Fact], thresholds: Thresholds) -> dict[str, tuple[tuple[Window, int | None], ...]]:
+    """Per resource type of the record, the window and look-back days of every source that reads it."""
+    windows: dict[str, list[tuple[Window, int | None]]] = {}
+    for fact in facts:
+        for source in fact.sources:
+            if source.element.from_record:
+                windows.setdefault(source.element.resource_type, []).append(
+                    (source.window, source.lookback_days(thresholds))
+                )
+    return {name: tuple(found) for name, found in windows.items()}
+
+
 def _matched(record: Any, resource_type: str) -> int:
     matched = getattr(record, "matched", None)
     return matched(resource_type) if matched is not None else len(record.resources[resource_type])
-
-
-def _type_deferred(record: Any, source: Source, facts: Facts) -> None:
-    """Resources the record defers (read only within the episode) are typed when first asked for:
-    those dated from the day before the episode began (a margin), or undated, or all of them when an
-    episode start is unknown or the source reads other dates."""
-    type_deferred = getattr(record, "type_deferred", None)
-    if type_deferred is None or not getattr(record, "deferred", None):
-        return
-    start = facts.episode_start if source.window is Window.EPISODE else None
-    type_deferred(source.element.resource_type, start - timedelta(days=1) if start is not None else None)
 
 
 def named_reasons(order_model: Any) -> set[str]:

@@ -68,16 +68,16 @@ def read_plans(facts: Sequence[Fact]) -> dict[str, ReadPlan]:
     return plans
 
 
-def episode_only_types(facts: Sequence[Fact]) -> frozenset[str]:
-    """Resource types that every fact reads only within the current episode (medicines, for
-    conservative care): the record types them once the facts know when the episode began, and only
-    those dated in it or undated (patient_record.py, `Deferred`)."""
+def window_bounded_types(facts: Sequence[Fact]) -> frozenset[str]:
+    """Resource types that every fact reads only within a window of dates (the current episode, or a
+    fixed look-back): medicines, other orders, radiology reports and imaging studies. The record
+    types them once the facts know where their windows begin (patient_record.py, `Deferred`)."""
     windows: dict[str, set[Window]] = {}
     for fact in facts:
         for source in fact.sources:
             if source.element.from_record:
                 windows.setdefault(source.element.resource_type, set()).add(source.window)
-    return frozenset(name for name, used in windows.items() if used == {Window.EPISODE})
+    return frozenset(name for name, used in windows.items() if used <= {Window.EPISODE, Window.LOOKBACK})
 
 
 class ReadingList:
@@ -103,7 +103,7 @@ class ReadingList:
         self._elements = {
             value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
         }
-        self.episode_only = episode_only_types(facts)
+        self.window_bounded = window_bounded_types(facts)
 
     def reads_by_name(self, resource_type: str) -> bool:
         """Whether facts match this resource type by the ingredient names in its text too (medicines):
