@@ -32,7 +32,7 @@ from .knowledge.reading_list import ReadingList
 from .knowledge.statuses import status_counts
 from .protocol import CdsError, HookRequest
 from .protocol.fhir import NULL, UNSET, ConceptStruct, MalformedData, WireResource, decode_value
-from .resource_types import BUCKETS, RESOURCE_TYPES
+from .resource_types import BUCKETS, RESOURCE_TYPES, ResourceType
 from .services import ServiceDefinition, render_template
 
 log = logging.getLogger(__name__)
@@ -295,10 +295,24 @@ def _read_value(value: WireResource, record: PatientRecord, reading_list: Readin
     if value.resourceType != "Bundle":
         _read_resource(value, record, reading_list)
         return
+    # the loop every resource of a large chart goes through: most are read by no rule, so the test
+    # that says so (_elements_read) is kept apart from reading the few that are
+    seen = checked = 0
     for entry in value.entry:
-        if entry.resource is None or (entry.search is not None and entry.search.mode == "outcome"):
+        resource = entry.resource
+        if resource is None or (entry.search is not None and entry.search.mode == "outcome"):
             continue  # e.g. "parameter ignored" warnings that servers put inside searchsets
-        _read_resource(entry.resource, record, reading_list)
+        kind = RESOURCE_TYPES.get(resource.resourceType)
+        if kind is None:
+            continue
+        seen += 1
+        elements, matches = _elements_read(kind, resource, reading_list)
+        if elements:
+            _read_selected(kind, resource, elements, matches, record, reading_list)
+        elif elements is not None:
+            checked += 1
+    record.seen += seen
+    record.checked += checked
 
 
 def _read_resource(resource: WireResource, record: PatientRecord, reading_list: ReadingList) -> None:
@@ -306,26 +320,47 @@ def _read_resource(resource: WireResource, record: PatientRecord, reading_list: 
     if kind is None:
         return
     record.seen += 1
+    elements, matches = _elements_read(kind, resource, reading_list)
+    if elements:
+        _read_selected(kind, resource, elements, matches, record, reading_list)
+    elif elements is not None:
+        record.checked += 1
+
+
+def _elements_read(
+    kind: ResourceType, resource: WireResource, reading_list: ReadingList
+) -> tuple[frozenset[str] | None, Matches | None]:
+    """The elements the rules read from `resource` (None: it is not read; empty: looked at, but it
+    cannot change a decision), and the value sets its code falls in."""
     if resource.status is not None and not status_counts(kind.name, resource.status):
-        return
-    elements: frozenset[str] | None = EVERYTHING
-    matches: Matches | None = None
-    if kind.code_element is not None:
-        element = kind.code_element
-        concept = resource.code if element == "code" else resource.medicationCodeableConcept
-        text = resource.concept_text(element) if concept is not None and reading_list.reads_by_name(kind.name) else None
-        matches = reading_list.index.matches(concept.coding, text) if concept is not None else {}
-        if kind.name == "Observation":
-            elements = reading_list.reads(kind.name, matches, resource.when, resource.valueQuantity)
-            if elements is None and resource.valueCodeableConcept is not UNSET:
-                answer = reading_list.index.matches(_answer_codings(resource.valueCodeableConcept))
-                elements = reading_list.reads(kind.name, answer, resource.when)
-        else:
-            elements = reading_list.reads(kind.name, matches)
-    if not elements:
-        if elements is not None:
-            record.checked += 1
-        return
+        return None, None
+    element = kind.code_element
+    if element is None:
+        return EVERYTHING, None
+    concept = resource.code if element == "code" else resource.medicationCodeableConcept
+    if concept is None:
+        matches: Matches = {}
+    else:
+        text = resource.concept_text(element) if reading_list.reads_by_name(kind.name) else None
+        matches = reading_list.index.matches(concept.coding, text)
+    if kind.name != "Observation":
+        return reading_list.reads(kind.name, matches), matches
+    elements = reading_list.reads(kind.name, matches, resource.when, resource.valueQuantity)
+    if elements is None and resource.valueCodeableConcept is not UNSET:
+        answer = reading_list.index.matches(_answer_codings(resource.valueCodeableConcept))
+        elements = reading_list.reads(kind.name, answer, resource.when)
+    return elements, matches
+
+
+def _read_selected(
+    kind: ResourceType,
+    resource: WireResource,
+    elements: frozenset[str],
+    matches: Matches | None,
+    record: PatientRecord,
+    reading_list: ReadingList,
+) -> None:
+    """A resource the rules read: projected, checked, then typed (or deferred to its windows)."""
     try:
         data = projection(resource, elements)
     except orjson.JSONDecodeError:  # cannot happen for JSON msgspec has scanned; never crash on it
