@@ -36,19 +36,33 @@ _TRAILS: weakref.WeakSet[AuditTrail] = weakref.WeakSet()  # writers to drain whe
 
 def department_of(record: Any) -> str | None:
     """Where the order was placed: the encounter's service type, else its first location, else the
-    organisation serving it (display texts only; never an identifier), when the client sent one."""
+    organisation serving it (display texts only; never an identifier), when the client sent one.
+    The encounter is the JSON as sent (no rule reads it, so it has no R4B model): checked here."""
     encounters = record.encounters if record is not None else []
     for encounter in encounters:
-        for concept in [encounter.serviceType] if encounter.serviceType else []:
-            text = concept.text or next((c.display for c in concept.coding or [] if c.display), None)
+        if not isinstance(encounter, dict):
+            continue
+        service = encounter.get("serviceType")
+        if isinstance(service, dict):
+            codings = service.get("coding")
+            displays = [c.get("display") for c in codings if isinstance(c, dict)] if isinstance(codings, list) else []
+            text = next((t for t in [service.get("text"), *displays] if isinstance(t, str) and t), None)
             if text:
-                return str(text)[:255]
-        for location in encounter.location or []:
-            if location.location and location.location.display:
-                return str(location.location.display)[:255]
-        if encounter.serviceProvider and encounter.serviceProvider.display:
-            return str(encounter.serviceProvider.display)[:255]
+                return text[:255]
+        locations = encounter.get("location")
+        for location in locations if isinstance(locations, list) else []:
+            display = _display(location.get("location")) if isinstance(location, dict) else None
+            if display:
+                return display
+        display = _display(encounter.get("serviceProvider"))
+        if display:
+            return display
     return None
+
+
+def _display(reference: Any) -> str | None:
+    display = reference.get("display") if isinstance(reference, dict) else None
+    return display[:255] if isinstance(display, str) and display else None
 
 
 def is_transient(exc: SQLAlchemyError) -> bool:

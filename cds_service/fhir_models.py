@@ -21,6 +21,7 @@ from .protocol.fhir import UNSET, WireResource
 from .resource_types import RESOURCE_TYPES, required_defaults
 
 EVERYTHING = frozenset({"*"})
+_SERVICE_REQUEST: Any = RESOURCE_TYPES["ServiceRequest"].model
 # read for the checks before typing (statuses, patient); kept when typed: no rule reads them, but
 # dropping a required one would fail validation and cost a second pass
 CHECKED_ELEMENTS = ("subject", "patient", "verificationStatus")
@@ -51,7 +52,7 @@ def draft_order_model(order: dict[str, Any], patient_id: str, notes: list[str]) 
     data = {key: order[key] for key in _DRAFT_ELEMENTS if key in order}
     data["resourceType"] = "ServiceRequest"
     try:  # validation reads its input and never changes it: no copy for a valid order
-        return RESOURCE_TYPES["ServiceRequest"].model.model_validate(data)  # type: ignore[attr-defined]
+        return _SERVICE_REQUEST.model_validate(data)
     except (ValidationError, KeyError, TypeError, ValueError):
         pass
     # repairing drops invalid elements from the data: a copy, so the order as sent is left as it was
@@ -61,6 +62,8 @@ def draft_order_model(order: dict[str, Any], patient_id: str, notes: list[str]) 
 def typed_model(resource_type: str, data: dict[str, Any], patient_id: str, notes: list[str]) -> Any | None:
     """The R4B model of `data`. Invalid elements are dropped (and noted) rather than the resource."""
     model = RESOURCE_TYPES[resource_type].model
+    if model is None:  # no rule reads it: the projection as it is (audit.department_of reads it)
+        return data
     errors: list[Any]
     for _ in range(4):
         try:

@@ -103,8 +103,9 @@ class PatientRecord:
             self.kept += 1
             self.patient = model
             return
-        if model.id is not None:
-            key = (resource_type, model.id)
+        resource_id = model.get("id") if isinstance(model, dict) else model.id
+        if resource_id is not None:
+            key = (resource_type, resource_id)
             if key in self.ids:
                 return  # the same resource from two searches (observations and findings): read once
             self.ids.add(key)

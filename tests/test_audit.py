@@ -202,3 +202,23 @@ def test_the_department_is_recorded_from_the_encounter_when_the_client_sends_one
     app.test_client().post(SELECT, json=request)
     [row] = app.extensions["cds"].store.audit_rows()
     assert row["department"] == "Spine clinic"
+
+
+@pytest.mark.parametrize(
+    "encounter, department",
+    [
+        ({"location": [{"location": {"display": "Ward 4"}}]}, "Ward 4"),
+        ({"serviceProvider": {"display": "Spine Institute"}}, "Spine Institute"),
+        ({"serviceType": {"coding": [{"code": "x", "display": "Orthopaedics"}]}}, "Orthopaedics"),
+        ({"serviceType": "Spine clinic", "location": {"display": "x"}, "serviceProvider": ["x"]}, None),  # odd shapes
+    ],
+)
+def test_the_department_comes_from_a_display_text_of_the_encounter_whatever_its_shape(app, encounter, department):
+    request = load_request("acute-lbp-defer")
+    request["context"]["encounterId"] = "enc-1"
+    request["prefetch"]["encounter"] = {"resourceType": "Encounter", "id": "enc-1", "status": "in-progress",
+                                        "subject": {"reference": f"Patient/{request['context']['patientId']}"},
+                                        **encounter}  # fmt: skip
+    assert app.test_client().post(SELECT, json=request).status_code == 200
+    [row] = app.extensions["cds"].store.audit_rows()
+    assert row["department"] == department
