@@ -109,10 +109,28 @@ class PatientRecord:
             if key in self.ids:
                 return  # the same resource from two searches (observations and findings): read once
             self.ids.add(key)
+        self._keep(resource_type, model, matches)
+
+    def _keep(self, resource_type: str, model: Any, matches: Matches | None) -> None:
         self.kept += 1
         self.resources[resource_type].append(model)
         if matches is not None:
             self.code_matches[id(model)] = matches
+
+    def type_and_add(
+        self, resource_type: str, data: dict[str, Any], matches: Matches | None, *, read: bool = False
+    ) -> None:
+        """Give `data` (a projection) its R4B model and keep it; `read`: its id is registered already."""
+        notes = len(self.data_quality)
+        model = typed_model(resource_type, data, self.patient_id, self.data_quality)
+        if model is None:
+            return
+        # a repaired model may have lost the coded element the scan matched: the facts match it again
+        matches = matches if len(self.data_quality) == notes else None
+        if read:
+            self._keep(resource_type, model, matches)
+        else:
+            self.add(resource_type, model, matches)
 
     def defer(self, resource_type: str, entry: Deferred) -> None:
         resource_id = entry.data.get("id")
@@ -137,14 +155,7 @@ class PatientRecord:
             if since is not None and entry.when is not None and entry.when < since:
                 still.append(entry)
                 continue
-            notes = len(self.data_quality)
-            model = typed_model(resource_type, entry.data, self.patient_id, self.data_quality)
-            if model is None:
-                continue
-            self.kept += 1
-            self.resources[resource_type].append(model)
-            if entry.matches is not None and len(self.data_quality) == notes:
-                self.code_matches[id(model)] = entry.matches
+            self.type_and_add(resource_type, entry.data, entry.matches, read=True)  # its id: at `defer`
         self.deferred[resource_type] = still
 
     def merge(self, part: PatientRecord) -> None:
@@ -377,11 +388,7 @@ def _read_selected(
     if kind.name in reading_list.window_bounded:  # typed once the facts know where their windows begin
         record.defer(kind.name, Deferred(data, matches, resource_date(kind.name, _JsonView(data))))
         return
-    notes = len(record.data_quality)
-    model = typed_model(kind.name, data, record.patient_id, record.data_quality)
-    if model is not None:
-        # a repaired model may have lost the coded element the scan matched: the facts match it again
-        record.add(kind.name, model, matches if len(record.data_quality) == notes else None)
+    record.type_and_add(kind.name, data, matches)
 
 
 _concept_decoder = msgspec.json.Decoder(ConceptStruct)
