@@ -18,7 +18,7 @@ from .configuration import ClientProfile, Settings
 from .fhir_client import ConnectionPools, FhirClient
 from .fhir_models import draft_order_model
 from .knowledge import Knowledge, OrderedStudy
-from .knowledge.facts import FactReader, source_windows
+from .knowledge.facts import FactReader
 from .knowledge.rules import Assessment, assess
 from .patient_record import PatientRecord, build_record
 from .protocol import CdsError, HookRequest
@@ -95,7 +95,6 @@ class Evaluator:
         self.clock = clock
         self.fhir_client_factory = fhir_client_factory
         self.fhir_pools = ConnectionPools()
-        self._windows = source_windows(knowledge.facts, settings.thresholds)  # once: the facts' date windows
 
     def presenter_for(self, profile: ClientProfile | None, site_codes: str | None = None) -> Presenter:
         """The presenter for a client's profile (and its own site code map, e.g. Epic preference-list codes)."""
@@ -134,7 +133,7 @@ class Evaluator:
         presenter = self.presenter_for(profile, site_codes)
         knowledge = self.knowledge
         reader = FactReader(knowledge.value_sets, self.settings.thresholds, now, knowledge.facts, knowledge.code_index,
-                            self._windows)  # fmt: skip
+                            knowledge.sources_by_type)  # fmt: skip
         for order in orders:
             model = draft_order_model(order.resource, record.patient_id, record.data_quality)
             assessment = assess(

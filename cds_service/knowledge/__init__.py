@@ -12,7 +12,7 @@ from typing import Any
 
 from .code_index import CodeIndex
 from .fact_table import FACTS
-from .facts import Fact
+from .facts import Fact, sources_by_type
 from .orders import OrderedStudy, codings_of
 from .reading_list import ReadingList
 from .rules import RULES, Rule
@@ -33,6 +33,7 @@ class Knowledge:
             raise ValueError(f"facts name value sets that do not exist: {', '.join(missing)}")
         self.code_index = CodeIndex(self.value_sets)  # one index for the record scan and the facts
         self.reading_list = ReadingList(self.value_sets, self.facts, self.code_index)
+        self.sources_by_type = sources_by_type(self.facts)  # the fact reader's date windows, per type
 
     def value_sets_read_from(self, resource_type: str) -> list[ValueSet]:
         """The value sets some fact matches in `resource_type` resources of the record."""

@@ -280,7 +280,7 @@ class FactReader:
         now: datetime,
         facts: Sequence[Fact],
         index: CodeIndex | None = None,
-        windows: Mapping[str, tuple[tuple[Window, int | None], ...]] | None = None,
+        sources: Mapping[str, tuple[Source, ...]] | None = None,
     ) -> None:
         self.vs = value_sets
         self.t = thresholds
@@ -288,7 +288,7 @@ class FactReader:
         self.today = now.date()
         self.declarations = facts
         self.index = index or CodeIndex(value_sets)
-        self.windows = windows or source_windows(facts, thresholds)
+        self.sources = sources or sources_by_type(facts)
 
     def read(self, record: Any, order: Mapping[str, Any], order_model: Any, study: OrderedStudy) -> Facts:
         facts = Facts(now=self.now, study=study)
@@ -329,10 +329,11 @@ class FactReader:
 
     def _earliest_start(self, resource_type: str, facts: Facts) -> date | None:
         starts = []
-        for window, lookback in self.windows.get(resource_type, ((Window.ANY, None),)):
-            if window is Window.EPISODE and facts.episode_start is not None:
+        for source in self.sources.get(resource_type, ()):
+            lookback = source.lookback_days(self.t)
+            if source.window is Window.EPISODE and facts.episode_start is not None:
                 starts.append(facts.episode_start)
-            elif window is Window.LOOKBACK and lookback is not None:
+            elif source.window is Window.LOOKBACK and lookback is not None:
                 starts.append(self.today - timedelta(days=lookback))
             else:
                 return None  # some source reads any date, or its episode's start is unknown
@@ -416,16 +417,19 @@ class FactReader:
         return when >= recent or (start is not None and when >= start - timedelta(days=lead))
 
 
-def source_windows(facts: Sequence[Fact], thresholds: Thresholds) -> dict[str, tuple[tuple[Window, int | None], ...]]:
-    """Per resource type of the record, the window and look-back days of every source that reads it."""
-    windows: dict[str, list[tuple[Window, int | None]]] = {}
+def sources_by_type(facts: Sequence[Fact]) -> dict[str, tuple[Source, ...]]:
+    """Per resource type of the record, every fact source that reads it."""
+    found: dict[str, list[Source]] = {}
     for fact in facts:
         for source in fact.sources:
             if source.element.from_record:
-                windows.setdefault(source.element.resource_type, []).append(
-                    (source.window, source.lookback_days(thresholds))
-                )
-    return {name: tuple(found) for name, found in windows.items()}
+                found.setdefault(source.element.resource_type, []).append(source)
+    return {name: tuple(sources) for name, sources in found.items()}
+
+
+def window_bounded(sources: tuple[Source, ...]) -> bool:
+    """Every source reads only within a window that begins somewhere (the episode, a look-back)."""
+    return all(source.window in (Window.EPISODE, Window.LOOKBACK) for source in sources)
 
 
 def _matched(record: Any, resource_type: str) -> int:

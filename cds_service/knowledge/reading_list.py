@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from .code_index import CodeIndex, Matches
-from .facts import OBSERVATION_BASE, Fact, Window
+from .facts import OBSERVATION_BASE, Fact, Window, sources_by_type, window_bounded
 from .units import celsius
 from .value_sets import ValueSet
 
@@ -68,18 +68,6 @@ def read_plans(facts: Sequence[Fact]) -> dict[str, ReadPlan]:
     return plans
 
 
-def window_bounded_types(facts: Sequence[Fact]) -> frozenset[str]:
-    """Resource types that every fact reads only within a window of dates (the current episode, or a
-    fixed look-back): medicines, other orders, radiology reports and imaging studies. The record
-    types them once the facts know where their windows begin (patient_record.py, `Deferred`)."""
-    windows: dict[str, set[Window]] = {}
-    for fact in facts:
-        for source in fact.sources:
-            if source.element.from_record:
-                windows.setdefault(source.element.resource_type, set()).add(source.window)
-    return frozenset(name for name, used in windows.items() if used <= {Window.EPISODE, Window.LOOKBACK})
-
-
 class ReadingList:
     """Which resources the rules read: a resource is kept when one of its codes is in a value set
     a fact reads from its resource type and, for value sets with a look-back window, it is recent
@@ -103,7 +91,10 @@ class ReadingList:
         self._elements = {
             value_set_id: frozenset(plan.elements) for value_set_id, plan in self._plans.items() if plan.elements
         }
-        self.window_bounded = window_bounded_types(facts)
+        # Resource types every fact reads only within a window of dates (the episode, a look-back):
+        # medicines, other orders, reports, imaging studies. The record types them once the facts know
+        # where their windows begin (patient_record.py, `Deferred`).
+        self.window_bounded = frozenset(t for t, found in sources_by_type(facts).items() if window_bounded(found))
 
     def reads_by_name(self, resource_type: str) -> bool:
         """Whether facts match this resource type by the ingredient names in its text too (medicines):
