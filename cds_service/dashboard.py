@@ -73,13 +73,18 @@ def login() -> Any:
     return _page("Sign in", message + form, status=401 if message else 200)
 
 
-@bp.get("/dashboard")
-def overview() -> Response:
+def _period() -> tuple[Any, str]:
+    """The period asked for (`?since=30d`, `90d`, `all`...); an unreadable one is the last 30 days."""
     since_text = request.args.get("since", "30d")
     try:
-        since = parse_since(since_text if since_text != "all" else None)
+        return parse_since(since_text if since_text != "all" else None), since_text
     except ValueError:
-        since, since_text = parse_since("30d"), "30d"
+        return parse_since("30d"), "30d"
+
+
+@bp.get("/dashboard")
+def overview() -> Response:
+    since, since_text = _period()
     service = request.args.get("service") or None
     tenant = request.args.get("tenant") or None
     rt = runtime()
@@ -89,11 +94,7 @@ def overview() -> Response:
 
 @bp.get("/dashboard/rules")
 def rules() -> Response:
-    since_text = request.args.get("since", "30d")
-    try:
-        since = parse_since(since_text if since_text != "all" else None)
-    except ValueError:
-        since, since_text = parse_since("30d"), "30d"
+    since, since_text = _period()
     return _page("Rule browser", render_rules(runtime(), since, since_text))
 
 
