@@ -6,7 +6,9 @@ complete body is handed to the Flask app in a worker thread. So a client that dr
 holds no thread, and is answered 408 when its time is up.
 
 The app runs to completion in its thread and its whole answer is sent from the event loop
-afterwards: one hand-over each way. (a2wsgi's own responder hands every part of the answer back to
+afterwards: one hand-over each way. Calls go to as few threads as keep them moving (app_threads.py):
+a call queues for the thread already computing, and another thread takes over only while that one
+waits. (a2wsgi's own responder hands every part of the answer back to
 the loop and blocks on each; with CPU-bound calls in other threads each hand-over waits for the
 GIL, which halved served throughput and tripled p99.) Every answer here is small JSON or HTML,
 built whole by Flask: nothing streams.
@@ -18,17 +20,21 @@ import asyncio
 import io
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from a2wsgi.wsgi import build_environ
 
+from .app_threads import AppThreads
 from .audit import flush_all
 from .protocol import operation_outcome
 
 Scope = dict[str, Any]
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+# A call queued this long behind a computing thread gets a thread of its own: longer than W1 calls
+# queue at full load, short enough that a wait the service did not mark holds nothing up for long.
+SPILL_AFTER_S = 0.02
 
 
 class Bridge:
@@ -38,7 +44,7 @@ class Bridge:
         self.wsgi_app = wsgi_app
         self.body_read_timeout_s = body_read_timeout_s
         self.max_body = max_body
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cds-app")
+        self.threads = AppThreads(threads)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -50,8 +56,7 @@ class Bridge:
                 # the body is complete: its length is known even when the client sent it chunked
                 environ["CONTENT_LENGTH"] = str(len(body))
                 environ.pop("HTTP_TRANSFER_ENCODING", None)
-                loop = asyncio.get_running_loop()
-                status, headers, answer = await loop.run_in_executor(self.executor, self._run, environ)
+                status, headers, answer = await self._in_thread(environ)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": answer})
 
@@ -91,6 +96,22 @@ class Bridge:
             await _answer(send, 408, "timeout", diagnostics)
             return None
 
+    async def _in_thread(self, environ: dict[str, Any]) -> Answer:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Answer] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = self._run(environ)
+            except BaseException as exc:  # delivered to the awaiting call, as run_in_executor would
+                loop.call_soon_threadsafe(_settle, answer, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, answer, result, None)
+
+        if self.threads.submit(job):
+            loop.call_later(SPILL_AFTER_S, self.threads.spill_stale, SPILL_AFTER_S)
+        return await answer
+
     def _run(self, environ: dict[str, Any]) -> Answer:
         """The WSGI app, called in a worker thread: its status, headers and whole body."""
         started: list[Any] = []
@@ -109,6 +130,16 @@ class Bridge:
         status, headers = started
         encoded = [(name.lower().encode("latin1"), value.encode("latin1")) for name, value in headers]
         return int(status.split(" ", 1)[0]), encoded, body
+
+
+def _settle(future: asyncio.Future[Answer], result: Answer | None, error: BaseException | None) -> None:
+    if future.done():  # the call was cancelled (the client went away)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
 
 
 def _no_write(data: bytes) -> None:

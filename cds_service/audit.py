@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError, TimeoutError
 
+from .app_threads import waiting
 from .configuration import AuditWrite, PractitionerRecord
 from .storage import Store
 
@@ -189,7 +190,8 @@ class AuditTrail:
         """Wait until every queued record is written (tests, shutdown). False on timeout."""
         if self.mode is AuditWrite.INLINE:
             return True
-        return self._idle.wait(timeout)
+        with waiting():
+            return self._idle.wait(timeout)
 
     # --- the background writer (one per process: started lazily, so after gunicorn's fork) ----------
     def _ensure_writer(self) -> None:

@@ -11,6 +11,7 @@ import msgspec
 from flask import Blueprint, g
 from sqlalchemy.exc import SQLAlchemyError
 
+from .app_threads import waiting
 from .protocol import CdsError, FeedbackEntry, FeedbackRequest, decode, parse_instant
 from .runtime import json_response, request_body, require_json, runtime
 
@@ -55,7 +56,8 @@ def _check_recipients(rt: Any, entries: list[FeedbackEntry], issuer: str | None,
         if len(recipients) == len(set(cards)):
             break
         rt.audit.flush(timeout=2.0)
-        time.sleep(wait)
+        with waiting():
+            time.sleep(wait)
         recipients = rt.store.card_recipients(cards)
     for index, entry in enumerate(entries):
         where = [f"feedback.{index}.card"]

@@ -24,6 +24,8 @@ import requests
 import requests.adapters
 import urllib3
 
+from .app_threads import waiting
+
 log = logging.getLogger(__name__)
 
 
@@ -235,7 +237,8 @@ class FhirClient:
                 except FetchFailed as failed:
                     failures[key] = failed.reason
             futures = {pool.submit(self._fetch_key, adapter, key, ready, deadline): key for key, ready in first.items()}
-            done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+            with waiting():  # meanwhile, calls queued behind this one run on another app thread
+                done, pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
             for future in done:
                 key = futures[future]
                 error = future.exception()

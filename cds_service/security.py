@@ -21,6 +21,7 @@ from flask import Flask, Response, g, request
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 from jwt.exceptions import InvalidTokenError, PyJWKClientConnectionError, PyJWKClientError, PyJWKError
 
+from .app_threads import waiting
 from .configuration import AuthMode, ClientProfile, Settings
 from .protocol import operation_outcome
 from .runtime import json_response
@@ -90,13 +91,16 @@ class LimitedJWKClient(PyJWKClient):
 
     def fetch_data(self) -> Any:
         try:
-            with requests.get(
-                self.uri,
-                timeout=JWKS_TIMEOUT_SECONDS,
-                allow_redirects=False,
-                stream=True,
-                headers={"Accept": "application/json"},
-            ) as response:
+            with (
+                waiting(),
+                requests.get(
+                    self.uri,
+                    timeout=JWKS_TIMEOUT_SECONDS,
+                    allow_redirects=False,
+                    stream=True,
+                    headers={"Accept": "application/json"},
+                ) as response,
+            ):
                 if response.status_code != 200:
                     raise PyJWKClientConnectionError(f"JWK Set fetch answered HTTP {response.status_code}")
                 body = response.raw.read(JWKS_MAX_BYTES + 1, decode_content=True)

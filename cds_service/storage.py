@@ -35,8 +35,10 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from .app_threads import waiting
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 log = logging.getLogger(__name__)
@@ -138,9 +140,21 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
+    # Every use of the database goes through these two: it is a wait, during which calls queued behind
+    # this thread may run on another (app_threads.py).
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        with waiting(), self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        with waiting(), self.engine.connect() as connection:
+            yield connection
+
     def schema_revision(self) -> str | None:
         try:
-            with self.engine.connect() as connection:
+            with self._connect() as connection:
                 return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
         except SQLAlchemyError:
             return None
@@ -156,7 +170,7 @@ class Store:
 
         config = Config(str(MIGRATIONS / "alembic.ini"))
         config.set_main_option("script_location", str(MIGRATIONS))
-        with _MIGRATING, self._migration_lock(), self.engine.begin() as connection:
+        with _MIGRATING, self._migration_lock(), self._begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
         # Connections made here must not be inherited by forked gunicorn workers.
@@ -193,7 +207,7 @@ class Store:
     def ping(self) -> None:
         if not self.migrated and not self.migrate_if_reachable():
             raise OperationalError("migrate", {}, Exception("the database was unreachable"))
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             connection.execute(text("SELECT 1"))
 
     def _insert_ignoring_duplicates(self, table: Table, key: str = "entry_key"):
@@ -220,7 +234,7 @@ class Store:
             row["service_id"] = service_id
             row["entry_key"] = entry_key(service_id, row.pop("raw"))
         stored = 0
-        with self.engine.begin() as connection:
+        with self._begin() as connection:
             statement = self._insert_ignoring_duplicates(feedback)
             for row in rows:
                 stored += connection.execute(statement, row).first() is not None
@@ -236,18 +250,18 @@ class Store:
             .join(audit, audit.c.consult_id == audit_card.c.consult_id)
             .where(audit_card.c.card_uuid.in_(wanted))
         )
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             return {row.card_uuid: (row.issuer, row.tenant) for row in connection.execute(query)}
 
     def feedback_rows(self) -> list[dict[str, Any]]:
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             return [dict(row._mapping) for row in connection.execute(select(feedback).order_by(feedback.c.id))]
 
     # --- jti replay store ----------------------------------------------------------------------
     def remember_jti(self, issuer: str, jti: str, expires_at: float) -> bool:
         """True when this (issuer, jti) was not seen before; it is remembered until `expires_at`."""
         key = hashlib.sha256(issuer.encode() + b"\0" + jti.encode()).hexdigest()
-        with self.engine.begin() as connection:
+        with self._begin() as connection:
             new = (
                 connection.execute(
                     self._insert_ignoring_duplicates(jti_seen, "token_key"),
@@ -266,7 +280,7 @@ class Store:
         A batch is two bulk inserts, whatever its size."""
         records = list(records)
         cards = [{**card, "consult_id": record["consult_id"]} for record in records for card in record["cards"]]
-        with self.engine.begin() as connection:
+        with self._begin() as connection:
             connection.execute(
                 audit.insert(), [{k: v for k, v in record.items() if k != "cards"} for record in records]
             )
@@ -277,7 +291,7 @@ class Store:
         query = select(audit).order_by(audit.c.id)
         if since is not None:
             query = query.where(audit.c.created_at >= since)
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
     def cards_with_feedback(self, since: datetime | None = None) -> list[dict[str, Any]]:
@@ -307,7 +321,7 @@ class Store:
         )
         if since is not None:
             query = query.where(audit.c.created_at >= since)
-        with self.engine.connect() as connection:
+        with self._connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
 

@@ -89,3 +89,73 @@ def test_a_body_that_does_not_arrive_in_time_is_answered_408_and_never_reaches_t
     sent = call(bridge, [b"{", b"}"], path="/x", delay=0.2)
     assert sent[0]["status"] == 408 and seen == []
     assert "not received within" in json.loads(sent[1]["body"])["issue"][0]["diagnostics"]
+
+
+def concurrent_calls(bridge: Bridge, paths: list[str], gap: float = 0.05) -> dict[str, float]:
+    """POSTs to each path through the bridge, `gap` seconds apart, in one event loop: when each
+    was answered, in seconds from the first."""
+    answered: dict[str, float] = {}
+
+    async def one(path: str, after: float, started: float) -> None:
+        await asyncio.sleep(after)
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                answered[path] = asyncio.get_running_loop().time() - started
+
+        scope = {"type": "http", "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+                 "root_path": "", "query_string": b"", "headers": [], "server": ("127.0.0.1", 8080),
+                 "client": ("127.0.0.1", 50000)}  # fmt: skip
+        await bridge(scope, receive, send)
+
+    async def main():
+        started = asyncio.get_running_loop().time()
+        await asyncio.gather(*(one(path, i * gap, started) for i, path in enumerate(paths)))
+
+    asyncio.run(main())
+    return answered
+
+
+def waiting_app(release: threading.Event) -> Flask:
+    from cds_service.app_threads import waiting
+
+    app = Flask(__name__)
+
+    @app.post("/marked-wait")
+    def marked_wait():  # as the FHIR client and the database do
+        with waiting():
+            release.wait(5)
+        return {}
+
+    @app.post("/unmarked-wait")
+    def unmarked_wait():  # a wait the service forgot to mark
+        release.wait(5)
+        return {}
+
+    @app.post("/compute")
+    def compute():
+        release.set()
+        return {}
+
+    return app
+
+
+def test_a_call_that_waits_on_a_server_does_not_hold_up_the_next_call(monkeypatch):
+    monkeypatch.setattr("cds_service.asgi.SPILL_AFTER_S", 30.0)  # only the marked wait can let it through
+    release = threading.Event()
+    bridge = Bridge(waiting_app(release).wsgi_app, threads=4, body_read_timeout_s=5.0, max_body=1000)
+    answered = concurrent_calls(bridge, ["/marked-wait", "/compute"])
+    assert answered["/compute"] < 2.0  # not after the 5 s wait: it ran on another thread meanwhile
+    assert answered["/marked-wait"] < 2.0  # and its answer let the waiting call go on
+
+
+def test_a_wait_the_service_did_not_mark_holds_up_the_next_call_only_briefly(monkeypatch):
+    monkeypatch.setattr("cds_service.asgi.SPILL_AFTER_S", 0.05)
+    release = threading.Event()
+    bridge = Bridge(waiting_app(release).wsgi_app, threads=4, body_read_timeout_s=5.0, max_body=1000)
+    answered = concurrent_calls(bridge, ["/unmarked-wait", "/compute"])
+    assert answered["/compute"] < 2.0

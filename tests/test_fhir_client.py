@@ -223,3 +223,34 @@ def test_token_is_sent_only_with_fhir_authorization(make_app):
         assert len(mock.calls) == 0
     assert response.status_code == 412
     assert "fhirAuthorization" in response.get_json()["issue"][1]["diagnostics"]
+
+
+def test_a_call_waiting_on_the_fhir_server_lets_the_next_call_run(make_app):
+    """Under `cds-service serve`, a call waiting for its FHIR queries is a wait: the next call runs
+    on another app thread meanwhile instead of queueing behind it."""
+    import threading
+
+    from cds_service.app_threads import AppThreads
+
+    client = make_app(fhir_server_allowlist=(FHIR,), fhir_budget_seconds=5.0).test_client()
+    other_ran = threading.Event()
+    conditions = load_request("acute-lbp-defer")["prefetch"]["conditions"]
+
+    def answer_once_the_other_call_ran(_request):
+        other_ran.wait(4)
+        import json
+
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(conditions)
+
+    pool, answered = AppThreads(4), {}
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.GET, f"{FHIR}/Condition", callback=answer_once_the_other_call_ran)
+        started = time.monotonic()
+        pool.submit(lambda: answered.setdefault("status", client.post(SELECT, json=request_missing("conditions"))))
+        time.sleep(0.1)
+        pool.submit(other_ran.set)
+        deadline = time.monotonic() + 6
+        while "status" not in answered and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert answered["status"].status_code == 200
+    assert time.monotonic() - started < 3  # not held for the 4 s the server would have waited

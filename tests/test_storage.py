@@ -169,3 +169,28 @@ def test_the_dashboard_renders_from_the_shared_store_of_two_instances(make_app, 
     page = second.test_client().get("/dashboard", headers={"Authorization": "Bearer t"}).get_data(as_text=True)
     assert "Consultations: <strong>2</strong>" in page
     assert "aria-label='Cards shown by topic'" in page and page.count("<rect") >= 2
+
+
+def test_a_slow_database_lets_calls_queued_behind_it_run_on_another_thread(tmp_path):
+    """Under `cds-service serve`, a call waiting on the database (here the token replay check) is a
+    wait: the next call does not queue behind it."""
+    import threading
+
+    from sqlalchemy import event
+
+    from cds_service.app_threads import AppThreads
+
+    store = Store(f"sqlite:///{tmp_path / 'slow.sqlite3'}")
+    store.migrate()
+    other_ran = threading.Event()
+
+    @event.listens_for(store.engine, "before_cursor_execute")
+    def slow_database(*_args):  # the database answers only once the other call has run
+        other_ran.wait(5)
+
+    pool, stored = AppThreads(4), threading.Event()
+    pool.submit(lambda: (store.remember_jti("https://ehr.example.org", "jti-1", time.time() + 60), stored.set()))
+    time.sleep(0.1)
+    pool.submit(other_ran.set)
+    assert stored.wait(3)  # the first call is not stuck for the 5 s
+    assert other_ran.is_set()
