@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make soak`: the served app (gunicorn, 2 workers) under a mixed load on loopback.
+"""`make soak`: the served app (`cds-service serve`: granian, 2 workers) under a mixed load on loopback.
 
     SOAK_SECONDS=600 make soak      (default 600 s; SOAK_CLIENTS=4 concurrent clients)
 
