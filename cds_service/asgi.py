@@ -6,12 +6,12 @@ complete body is handed to the Flask app in a worker thread. So a client that dr
 holds no thread, and is answered 408 when its time is up.
 
 The app runs to completion in its thread and its whole answer is sent from the event loop
-afterwards: one hand-over each way. Calls go to as few threads as keep them moving (app_threads.py):
-a call queues for the thread already computing, and another thread takes over only while that one
-waits. (a2wsgi's own responder hands every part of the answer back to
+afterwards: one hand-over each way. (a2wsgi's own responder hands every part of the answer back to
 the loop and blocks on each; with CPU-bound calls in other threads each hand-over waits for the
 GIL, which halved served throughput and tripled p99.) Every answer here is small JSON or HTML,
-built whole by Flask: nothing streams.
+built whole by Flask: nothing streams. Calls go to as few threads as keep them moving
+(app_threads.py): a call queues for the thread already computing, and another thread takes over
+only while that one waits.
 """
 
 from __future__ import annotations
