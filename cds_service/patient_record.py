@@ -356,8 +356,8 @@ def _elements_read(
         text = resource.concept_text(element) if reading_list.reads_by_name(kind.name) else None
         matches = reading_list.index.matches(concept.coding, text)
     if kind.name != "Observation":
-        return reading_list.reads(kind.name, matches), matches
-    elements = reading_list.reads(kind.name, matches, resource.when, resource.valueQuantity)
+        return (reading_list.reads(kind.name, matches) if matches else None), matches
+    elements = reading_list.reads(kind.name, matches, resource.when, resource.valueQuantity) if matches else None
     if elements is None and resource.valueCodeableConcept is not UNSET:
         answer = reading_list.index.matches(_answer_codings(resource.valueCodeableConcept))
         elements = reading_list.reads(kind.name, answer, resource.when)

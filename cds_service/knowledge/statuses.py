@@ -83,14 +83,24 @@ def counts(resource_type: str, resource: Any, policy: StatusPolicy, is_history: 
     return True
 
 
+# resource type -> (statuses that never count, the only ones that count or None): the two tables
+# above as the record scan asks them, once for every resource of a chart
+_BY_STATUS: dict[str, tuple[frozenset[str], frozenset[str] | None]] = {
+    resource_type: (
+        NEVER_COUNT.get(resource_type, {}).get("status", frozenset()),
+        ONLY_COUNT.get(resource_type, {}).get("status"),
+    )
+    for resource_type in NEVER_COUNT.keys() | ONLY_COUNT.keys()
+}
+_NO_STATUS_RULE: tuple[frozenset[str], None] = (frozenset(), None)
+
+
 def status_counts(resource_type: str, status: str | None) -> bool:
     """Whether a resource with this `status` element can count at all (before any fact reads it)."""
     if status is None:
         return True  # a missing status is invalid FHIR: the resource is read, the safe reading for red flags
-    if status in NEVER_COUNT.get(resource_type, {}).get("status", frozenset()):
-        return False
-    allowed = ONLY_COUNT.get(resource_type, {}).get("status")
-    return allowed is None or status in allowed
+    never, only = _BY_STATUS.get(resource_type, _NO_STATUS_RULE)
+    return status not in never and (only is None or status in only)
 
 
 def verification(condition: Any) -> str | None:
