@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -160,11 +159,12 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     from .wsgi import app as wsgi_app
 
+    settings = wsgi_app.extensions["cds"].settings  # validated: `cds-service serve` checked them first
     app = Bridge(
         wsgi_app,
-        threads=int(os.environ.get("CDS_APP_THREADS", "8")),  # threads running the app (it is CPU-bound)
-        body_read_timeout_s=float(os.environ.get("CDS_BODY_READ_TIMEOUT_S", "10")),
-        max_body=int(wsgi_app.config["MAX_CONTENT_LENGTH"]),
+        threads=settings.app_threads,
+        body_read_timeout_s=settings.body_read_timeout_s,
+        max_body=settings.max_body_bytes,
     )
     globals()["app"] = app
     return app

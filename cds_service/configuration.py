@@ -110,6 +110,10 @@ class Settings:
     audit_practitioner: PractitionerRecord = PractitionerRecord.HASH
     dashboard_token: str | None = None  # /dashboard is off (404) unless set
     silent: bool = False  # evaluate and audit, but answer no cards (silent roll-out), for every service
+    # the served stack (serve.py, asgi.py): read by `cds-service serve` before any worker starts
+    app_threads: int = 8  # threads per worker that may run the app (app_threads.py)
+    body_read_timeout_s: float = 10.0  # a body not received by then is answered 408
+    header_read_timeout_ms: int = 5000  # granian cuts a client off when its headers take longer
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def replace(self, **changes: Any) -> Settings:
@@ -151,13 +155,16 @@ _ENVIRONMENT: dict[str, tuple[str, Any]] = {
     "CDS_AUDIT_PRACTITIONER": ("audit_practitioner", PractitionerRecord),
     "CDS_DASHBOARD_TOKEN": ("dashboard_token", str),
     "CDS_SILENT": ("silent", _bool),
+    "CDS_APP_THREADS": ("app_threads", int),
+    "CDS_BODY_READ_TIMEOUT_S": ("body_read_timeout_s", float),
+    "CDS_HEADER_READ_TIMEOUT_MS": ("header_read_timeout_ms", int),
 }
 
 _THRESHOLD_PREFIX = "CDS_THRESHOLD_"  # e.g. CDS_THRESHOLD_ELDERLY_AGE=70
 
 
 _POSITIVE = ("fhir_budget_seconds", "fhir_max_pages", "fhir_max_response_bytes", "max_body_bytes", "max_orders",
-             "jwt_max_lifetime_seconds")  # fmt: skip
+             "jwt_max_lifetime_seconds", "app_threads", "body_read_timeout_s", "header_read_timeout_ms")  # fmt: skip
 _ENV_FOR = {attr: name for name, (attr, _) in _ENVIRONMENT.items()}
 
 

@@ -21,7 +21,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-DEFAULT_HEADER_READ_TIMEOUT_MS = 5000
+
+def _whole_number(name: str, default: int) -> int:
+    """HOST's and PORT's kind of setting (not CDS_ ones): a whole number of at least 1, or a one-line
+    error naming the variable (never its value)."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name}: must be a whole number of at least 1, for example {default}")
+    return int(value)
 
 
 def usable_cpus() -> int:
@@ -61,24 +70,23 @@ def main() -> int:
     from .configuration import load_settings
 
     try:  # a bad setting, issuers file or service definition: one line, before any worker starts
-        load_settings()
+        settings = load_settings()
         create_app()
+        port = _whole_number("PORT", 8080)
+        workers = _whole_number("WEB_CONCURRENCY", usable_cpus())
     except ValueError as exc:
         print(f"cds-service: not started: {exc}", file=sys.stderr)
         return 2
     _metrics_dir()
-    workers = int(os.environ.get("WEB_CONCURRENCY") or usable_cpus())
     Granian(
         "cds_service.asgi:app",  # the body read in the event loop, within its time limit (asgi.py)
         address=os.environ.get("HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", "8080")),
+        port=port,
         interface=Interfaces.ASGI,
         workers=workers,
         http=HTTPModes.http1,
         websockets=False,
-        http1_settings=HTTP1Settings(
-            header_read_timeout=int(os.environ.get("CDS_HEADER_READ_TIMEOUT_MS", DEFAULT_HEADER_READ_TIMEOUT_MS))
-        ),
+        http1_settings=HTTP1Settings(header_read_timeout=settings.header_read_timeout_ms),
         respawn_failed_workers=True,
         log_access=False,  # the service logs one line per call itself, without query strings
     ).serve()

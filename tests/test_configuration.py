@@ -42,6 +42,10 @@ def test_environment_is_parsed():
         ("CDS_FHIR_BUDGET_SECONDS", "soon"),
         ("CDS_CLIENT_PROFILE", "perhaps"),
         ("CDS_MAX_BODY_BYTES", "-1"),
+        ("CDS_APP_THREADS", "0"),
+        ("CDS_APP_THREADS", "many"),
+        ("CDS_BODY_READ_TIMEOUT_S", "-5"),
+        ("CDS_HEADER_READ_TIMEOUT_MS", "soon"),
     ],
 )
 def test_bad_values_stop_the_start_naming_the_variable(name, value):
@@ -74,3 +78,11 @@ def test_every_bad_value_is_one_line_naming_the_variable_and_an_example_never_th
     message = str(raised.value)
     assert "\n" not in message and message.startswith(name + ": ") and "for example" in message
     assert "Canary" not in message
+
+
+def test_the_served_stack_settings_are_read_with_the_others():
+    settings = load_settings(
+        {"CDS_APP_THREADS": "2", "CDS_BODY_READ_TIMEOUT_S": "4.5", "CDS_HEADER_READ_TIMEOUT_MS": "900"}
+    )
+    assert (settings.app_threads, settings.body_read_timeout_s, settings.header_read_timeout_ms) == (2, 4.5, 900)
+    assert (load_settings({}).app_threads, load_settings({}).body_read_timeout_s) == (8, 10.0)

@@ -89,3 +89,22 @@ def test_audit_records_queued_when_the_server_is_stopped_are_written_out(tmp_pat
                                              headers={"Content-Type": "application/json"})  # fmt: skip
             assert urllib.request.urlopen(request, timeout=5).status == 200
     assert len(Store(database).audit_rows()) == 5
+
+
+@pytest.mark.parametrize("name, value", [("CDS_APP_THREADS", "0"), ("CDS_BODY_READ_TIMEOUT_S", "never"),
+                                         ("PORT", "http"), ("WEB_CONCURRENCY", "0")])  # fmt: skip
+def test_a_bad_serving_setting_stops_serve_before_any_worker_starts(tmp_path, name, value):
+    """Before, these ended in a traceback, from granian's workers or from serve itself (with the value)."""
+    import os
+    import subprocess
+
+    from servers import free_port
+
+    env = {**os.environ, "CDS_AUTH": "off", "CDS_DATABASE_URL": f"sqlite:///{tmp_path}/cds.sqlite3",
+           "PORT": str(free_port()), name: value}  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "cds_service.cli", "serve"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert f"not started: {name}:" in done.stderr
+    assert value not in done.stderr.split(f"{name}:", 1)[1]  # the value is never echoed
+    assert "Traceback" not in done.stderr
