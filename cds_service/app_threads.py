@@ -56,10 +56,6 @@ class AppThreads:
             if self._queued and self._queued[0][0] <= time.monotonic() - older_than_s:
                 self._wake_one()
 
-    @property
-    def queued(self) -> int:
-        return len(self._queued)
-
     def _wake_one(self) -> None:
         """With the lock held: one more thread computing, a parked one if any (it is warm)."""
         if self._parked:
