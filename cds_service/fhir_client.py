@@ -230,7 +230,7 @@ class FhirClient:
         try:
             # Every first request is prepared here, before any is sent: the fetching threads then only
             # send, so the queries reach the server together instead of one per thread start-up.
-            first: dict[str, tuple[str, requests.PreparedRequest]] = {}
+            first: dict[str, requests.PreparedRequest] = {}
             for key, query in queries.items():
                 try:
                     first[key] = self._prepare(key, urljoin(self.base_url, query.lstrip("/")))
@@ -264,12 +264,12 @@ class FhirClient:
         self,
         adapter: requests.adapters.HTTPAdapter,
         key: str,
-        ready: tuple[str, requests.PreparedRequest],
+        ready: requests.PreparedRequest,
         deadline: float,
     ) -> FetchResult:
         result = FetchResult()
         while True:
-            body = self._get(adapter, key, ready[1], deadline)
+            body = self._get(adapter, key, ready, deadline)
             try:
                 page, url = self._parse(body)  # parsed here, while other keys still wait on the network
             except ValueError as exc:
@@ -281,7 +281,7 @@ class FhirClient:
                 raise FetchFailed(key, f"more than {self._max_pages} pages of results")
             ready = self._prepare(key, urljoin(self.base_url, url))
 
-    def _prepare(self, key: str, url: str) -> tuple[str, requests.PreparedRequest]:
+    def _prepare(self, key: str, url: str) -> requests.PreparedRequest:
         # on the allowlist, and under this call's fhirServer: the token is never sent to another server
         target = _origin_and_path(url)
         if not _under(target, _prefixes(self._allowlist)) or not _under(target, self._own):
@@ -295,7 +295,7 @@ class FhirClient:
         )
         prepared.prepare_body(None, None)
         prepared.prepare_hooks(None)
-        return url, prepared
+        return prepared
 
     def _get(
         self, adapter: requests.adapters.HTTPAdapter, key: str, prepared: requests.PreparedRequest, deadline: float
