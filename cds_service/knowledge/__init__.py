@@ -32,8 +32,8 @@ class Knowledge:
         if missing:
             raise ValueError(f"facts name value sets that do not exist: {', '.join(missing)}")
         self.code_index = CodeIndex(self.value_sets)  # one index for the record scan and the facts
-        self.reading_list = ReadingList(self.value_sets, self.facts, self.code_index)
-        self.sources_by_type = sources_by_type(self.facts)  # the fact reader's date windows, per type
+        self.sources_by_type = sources_by_type(self.facts)  # the date windows per type: reading list, facts
+        self.reading_list = ReadingList(self.value_sets, self.facts, self.code_index, self.sources_by_type)
 
     def value_sets_read_from(self, resource_type: str) -> list[ValueSet]:
         """The value sets some fact matches in `resource_type` resources of the record."""

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from .code_index import CodeIndex, Matches
-from .facts import OBSERVATION_BASE, Fact, Window, sources_by_type, window_bounded
+from .facts import OBSERVATION_BASE, Fact, Source, Window, sources_by_type, window_bounded
 from .units import celsius
 from .value_sets import ValueSet
 
@@ -76,7 +76,13 @@ class ReadingList:
     Called for every resource of a large record: a resource's value sets come from the one code
     index (code_index.py) in a dict lookup per coding, and the record keeps them for the facts."""
 
-    def __init__(self, value_sets: Mapping[str, ValueSet], facts: Sequence[Fact], index: CodeIndex | None = None):
+    def __init__(
+        self,
+        value_sets: Mapping[str, ValueSet],
+        facts: Sequence[Fact],
+        index: CodeIndex | None = None,
+        sources: Mapping[str, tuple[Source, ...]] | None = None,
+    ):
         self.index = index or CodeIndex(value_sets)
         self._plans = read_plans(facts)
         self._cutoffs: dict[str, str] = {}  # value set id -> earliest ISO date still read
@@ -94,7 +100,8 @@ class ReadingList:
         # Resource types every fact reads only within a window of dates (the episode, a look-back):
         # medicines, other orders, reports, imaging studies. The record types them once the facts know
         # where their windows begin (patient_record.py, `Deferred`).
-        self.window_bounded = frozenset(t for t, found in sources_by_type(facts).items() if window_bounded(found))
+        by_type = sources if sources is not None else sources_by_type(facts)
+        self.window_bounded = frozenset(t for t, found in by_type.items() if window_bounded(found))
 
     def reads_by_name(self, resource_type: str) -> bool:
         """Whether facts match this resource type by the ingredient names in its text too (medicines):
