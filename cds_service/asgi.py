@@ -159,7 +159,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(name)
     from .wsgi import app as wsgi_app
 
-    settings = wsgi_app.extensions["cds"].settings  # validated: `cds-service serve` checked them first
+    settings = wsgi_app.extensions["cds"].settings  # validated by load_settings, as create_app made it
     app = Bridge(
         wsgi_app,
         threads=settings.app_threads,

@@ -9,7 +9,7 @@ within 1 s (gunicorn's sync workers and gthread: 0 of 2).
 
 Settings (environment): HOST (127.0.0.1), PORT (8080), WEB_CONCURRENCY (workers: default the CPUs
 this container may use), CDS_HEADER_READ_TIMEOUT_MS (5000), CDS_BODY_READ_TIMEOUT_S (10),
-CDS_APP_THREADS (8 threads per worker running the app).
+CDS_APP_THREADS (up to 8 threads per worker running the app).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 
 def _whole_number(name: str, default: int) -> int:
-    """HOST's and PORT's kind of setting (not CDS_ ones): a whole number of at least 1, or a one-line
-    error naming the variable (never its value)."""
+    """PORT and WEB_CONCURRENCY (not CDS_ settings): a whole number of at least 1, or a one-line error
+    naming the variable (never its value)."""
     value = os.environ.get(name, "").strip()
     if not value:
         return default
