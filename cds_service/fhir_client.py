@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.adapters
+import requests.structures
 import urllib3
 
 from .app_threads import waiting
@@ -140,7 +141,7 @@ class ConnectionPools:
     carry something set for one user into another user's call."""
 
     def __init__(self, max_servers: int = 16, connections_per_server: int = 16, max_threads: int = 64) -> None:
-        self._adapters: dict[str, requests.adapters.HTTPAdapter] = {}
+        self._adapters: dict[str, _FhirAdapter] = {}
         self._max_servers = max_servers
         self._connections = connections_per_server
         self._max_threads = max_threads
@@ -160,7 +161,7 @@ class ConnectionPools:
                 self._executor_pid = os.getpid()
             return self._executor
 
-    def adapter_for(self, base_url: str) -> requests.adapters.HTTPAdapter:
+    def adapter_for(self, base_url: str) -> _FhirAdapter:
         origin = _origin_and_path(base_url)
         key = origin[1] if origin else base_url
         with self._lock:
@@ -181,8 +182,56 @@ class ConnectionPools:
             self._executor = None
 
 
-def _new_adapter(connections: int) -> requests.adapters.HTTPAdapter:
-    return requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=connections, max_retries=0)
+class _FhirAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter without the per-request work this client never needs. Every query of a call
+    runs its send under the GIL one after another, so this work stood between the call's queries
+    (measured: 178 us of CPU per query through the stock adapter, 124 us through urllib3 alone).
+    `send` itself is the stock one, which is what the `responses`-based tests replace.
+
+    - no proxies: requests are sent at the adapter level, so the environment's proxies were never
+      consulted; the stock adapter still parsed every URL twice to find none;
+    - the connection pool is looked up once per origin and TLS setting, not per request;
+    - no cookies: nothing reads them, and no jar may carry one user's cookie into another's call."""
+
+    def __init__(self, connections: int) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=connections, max_retries=0)
+        self._pools: dict[tuple[str, object, object], Any] = {}
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Mapping[str, str] | None = None,
+        cert: Any = None,
+    ) -> Any:
+        # "scheme://host:port": the URL up to its third slash (the client sends absolute URLs only)
+        key = ("/".join(str(request.url).split("/", 3)[:3]), verify, cert)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, None, cert)
+        return pool
+
+    def request_url(self, request: requests.PreparedRequest, proxies: Mapping[str, str] | None) -> str:
+        return request.path_url
+
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = requests.structures.CaseInsensitiveDict(resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = str(req.url)
+        response.request = req
+        response.connection = self
+        return response
+
+    def close(self) -> None:
+        self._pools.clear()
+        super().close()
+
+
+def _new_adapter(connections: int) -> _FhirAdapter:
+    return _FhirAdapter(connections)
 
 
 class FhirClient:

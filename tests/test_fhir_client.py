@@ -254,3 +254,87 @@ def test_a_call_waiting_on_the_fhir_server_lets_the_next_call_run(make_app):
             time.sleep(0.01)
     assert answered["status"].status_code == 200
     assert time.monotonic() - started < 3  # not held for the 4 s the server would have waited
+
+
+# --- over real HTTP: what the adapter does that `responses` replaces --------------------------------
+
+
+@pytest.fixture
+def recording_fhir_server():
+    """A loopback FHIR server that answers every search with the acute case's conditions, sets a
+    cookie, and records each request's headers and client port (one port per connection)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = json.dumps(load_request("acute-lbp-defer")["prefetch"]["conditions"]).encode()
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as FHIR servers answer
+
+        def do_GET(self):  # noqa: N802
+            seen.append((self.client_address[1], dict(self.headers)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Set-Cookie", "session=for-one-user; Path=/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/fhir", seen
+    server.shutdown()
+
+
+def over_http(base):
+    request = request_missing("conditions")
+    request["fhirServer"] = base
+    return request
+
+
+def test_over_http_a_cookie_the_server_set_is_never_sent(make_app, recording_fhir_server):
+    base, seen = recording_fhir_server
+    client = make_app(fhir_server_allowlist=(base,)).test_client()
+    for _ in range(3):
+        assert client.post(SELECT, json=over_http(base)).status_code == 200
+    assert len(seen) == 3
+    assert all("Cookie" not in headers for _, headers in seen)
+    assert all(headers["Authorization"] == f"Bearer {TOKEN}" for _, headers in seen)
+
+
+def test_over_http_the_environments_proxy_is_not_used(make_app, recording_fhir_server, monkeypatch):
+    base, seen = recording_fhir_server
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    client = make_app(fhir_server_allowlist=(base,)).test_client()
+    assert client.post(SELECT, json=over_http(base)).status_code == 200
+    assert len(seen) == 1
+
+
+def test_over_http_calls_reuse_the_kept_alive_connection(make_app, recording_fhir_server):
+    base, seen = recording_fhir_server
+    client = make_app(fhir_server_allowlist=(base,)).test_client()
+    for _ in range(4):
+        assert client.post(SELECT, json=over_http(base)).status_code == 200
+    assert len(seen) == 4
+    assert len({port for port, _ in seen}) == 1  # one key per call, so one connection for all four
+
+
+def test_the_adapter_keeps_one_pool_per_scheme_and_origin():
+    from cds_service.fhir_client import ConnectionPools
+
+    adapter = ConnectionPools().adapter_for("http://ehr.example.org:8080/fhir")
+
+    def pool_for(url):
+        prepared = requests.Request("GET", url).prepare()
+        return adapter.get_connection_with_tls_context(prepared, True)
+
+    plain = pool_for("http://ehr.example.org:8080/fhir/Condition?patient=a")
+    assert pool_for("http://ehr.example.org:8080/fhir/Observation?patient=b") is plain
+    assert pool_for("https://ehr.example.org:8080/fhir/Condition?patient=a") is not plain
+    assert (plain.scheme, plain.host, plain.port) == ("http", "ehr.example.org", 8080)
