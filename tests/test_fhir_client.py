@@ -338,3 +338,18 @@ def test_the_adapter_keeps_one_pool_per_scheme_and_origin():
     assert pool_for("http://ehr.example.org:8080/fhir/Observation?patient=b") is plain
     assert pool_for("https://ehr.example.org:8080/fhir/Condition?patient=a") is not plain
     assert (plain.scheme, plain.host, plain.port) == ("http", "ehr.example.org", 8080)
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "two words", "caf\u00e9"])
+def test_a_token_that_cannot_be_a_header_value_is_400_and_never_sent(make_app, token):
+    """Regression: the HTTP client refused such a token with an exception that became a 500."""
+    client = make_app(fhir_server_allowlist=(FHIR,)).test_client()
+    request = request_missing("conditions")
+    request["fhirAuthorization"]["access_token"] = token
+    with responses.RequestsMock() as mock:
+        response = client.post(SELECT, json=request)
+        assert len(mock.calls) == 0
+    assert response.status_code == 400
+    outcome = response.get_json()
+    assert any("fhirAuthorization.access_token" in e for issue in outcome["issue"] for e in issue.get("expression", []))
+    assert token not in response.get_data(as_text=True)

@@ -19,8 +19,14 @@ NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 # --- service request ------------------------------------------------------------------------
 
 
+# Sent as `Authorization: Bearer <token>`: visible ASCII only (RFC 6750's b64token and every token
+# EHRs issue fit). A CR or LF would end the header; the HTTP client refused such a token with an
+# exception that became a 500.
+BearerToken = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]+$")]
+
+
 class FhirAuthorization(msgspec.Struct):
-    access_token: NonEmptyStr
+    access_token: BearerToken
     token_type: str = "Bearer"
     expires_in: int | None = None
     scope: str | None = None
