@@ -24,6 +24,7 @@ import requests
 import requests.adapters
 import requests.structures
 import urllib3
+from requests.utils import requote_uri
 
 from .app_threads import waiting
 
@@ -49,6 +50,7 @@ for _name in ("urllib3.connectionpool", "urllib3.connection", "urllib3.util.retr
     logging.getLogger(_name).addFilter(_RedactQueryStrings())
 
 _READ_SIZE = 1024 * 1024
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class FetchFailed(Exception):
@@ -259,6 +261,15 @@ class FhirClient:
         self._max_bytes = max_response_bytes
         own = _origin_and_path(self.base_url)
         self._own = (own,) if own is not None else ()
+        # Prepared by hand: no cookie jar is ever consulted. What every query shares (method, headers,
+        # with requests' check of the token as a header value) is prepared once per call.
+        self._template = requests.PreparedRequest()
+        self._template.prepare_method("GET")
+        self._template.prepare_headers(
+            {"Authorization": f"Bearer {access_token}", "Accept": "application/fhir+json, application/json"}
+        )
+        self._template.prepare_body(None, None)
+        self._template.prepare_hooks(None)
 
     def fetch_all(self, queries: Mapping[str, str]) -> tuple[dict[str, FetchResult], dict[str, str]]:
         """Fetch every query concurrently. Returns (results, failures: key -> reason)."""
@@ -331,19 +342,18 @@ class FhirClient:
             ready = self._prepare(key, urljoin(self.base_url, url))
 
     def _prepare(self, key: str, url: str) -> requests.PreparedRequest:
-        # on the allowlist, and under this call's fhirServer: the token is never sent to another server
-        target = _origin_and_path(url)
+        # on the allowlist, and under this call's fhirServer: the token is never sent to another server.
+        # No whitespace or control characters: urlsplit drops some of them, so the URL checked would
+        # not be the URL sent.
+        target = None if _CONTROL_OR_SPACE.search(url) else _origin_and_path(url)
         if not _under(target, _prefixes(self._allowlist)) or not _under(target, self._own):
             raise FetchFailed(key, "a link points outside the request's FHIR server")
         # Sent at the adapter level: no session cookies, hooks, environment proxies or redirects.
-        prepared = requests.PreparedRequest()  # prepared by hand: no cookie jar is ever consulted
-        prepared.prepare_method("GET")
-        prepared.prepare_url(url, None)
-        prepared.prepare_headers(
-            {"Authorization": f"Bearer {self._token}", "Accept": "application/fhir+json, application/json"}
-        )
-        prepared.prepare_body(None, None)
-        prepared.prepare_hooks(None)
+        prepared = self._template.copy()
+        if url.isascii():  # checked above: http(s), a host, no userinfo; only the quoting is left to do
+            prepared.url = requote_uri(url)
+        else:  # an international host name needs requests' IDNA encoding
+            prepared.prepare_url(url, None)
         return prepared
 
     def _get(

@@ -106,6 +106,47 @@ def test_next_link_to_another_host_is_refused_and_gets_no_token(fallback_client)
     assert "outside the request's FHIR server" in response.get_json()["issue"][1]["diagnostics"]
 
 
+@pytest.mark.parametrize(
+    "link",
+    [
+        "https://ehr.example.org\n.attacker.net/fhir/Condition?page=2",  # urlsplit drops the newline
+        "https://ehr.example.org/fhir/Condition?page=2\r\nX-Injected: 1",
+        "https://ehr.example.org/fhir/Condition?page 2",
+    ],
+)
+def test_a_next_link_with_whitespace_or_control_characters_is_refused(fallback_client, link):
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.get(f"{FHIR}/Condition", json=searchset(next_url=link))
+        response = fallback_client.post(SELECT, json=request_missing("conditions"))
+        assert len(mock.calls) == 1
+    assert response.status_code == 412
+    assert "outside the request's FHIR server" in response.get_json()["issue"][1]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "link, sent",
+    [
+        (
+            f"{FHIR}/Condition?patient=pt-acute-lbp&code=a|b&page=2",
+            f"{FHIR}/Condition?patient=pt-acute-lbp&code=a%7Cb&page=2",
+        ),
+        (f"{FHIR}/Condition?name=Zo\u00eb&page=2", f"{FHIR}/Condition?name=Zo%C3%AB&page=2"),
+    ],
+)
+def test_a_next_link_is_sent_percent_encoded(fallback_client, link, sent):
+    conditions = load_request("acute-lbp-defer")["prefetch"]["conditions"]
+    with responses.RequestsMock() as mock:
+        mock.get(
+            f"{FHIR}/Condition",
+            json=searchset(next_url=link),
+            match=[responses.matchers.query_param_matcher({"patient": "pt-acute-lbp"})],
+        )
+        mock.get(f"{FHIR}/Condition", json=conditions)
+        response = fallback_client.post(SELECT, json=request_missing("conditions"))
+        assert [call.request.url for call in mock.calls][1] == sent
+    assert response.status_code == 200
+
+
 def test_redirects_are_not_followed(fallback_client):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.get(f"{FHIR}/Condition", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
