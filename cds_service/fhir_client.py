@@ -165,7 +165,7 @@ class ConnectionPools:
 
     def adapter_for(self, base_url: str) -> _FhirAdapter:
         origin = _origin_and_path(base_url)
-        key = origin[1] if origin else base_url
+        key = f"{origin[0]}://{origin[1]}" if origin else base_url  # one adapter per scheme and origin
         with self._lock:
             adapter = self._adapters.get(key)
             if adapter is None:
@@ -192,12 +192,13 @@ class _FhirAdapter(requests.adapters.HTTPAdapter):
 
     - no proxies: requests are sent at the adapter level, so the environment's proxies were never
       consulted; the stock adapter still parsed every URL twice to find none;
-    - the connection pool is looked up once per origin and TLS setting, not per request;
+    - the connection pool is looked up once, not per request: the pool manager holds one pool (one
+      adapter per scheme and origin), so the one kept is replaced whenever another is looked up;
     - no cookies: nothing reads them, and no jar may carry one user's cookie into another's call."""
 
     def __init__(self, connections: int) -> None:
         super().__init__(pool_connections=1, pool_maxsize=connections, max_retries=0)
-        self._pools: dict[tuple[str, object, object], Any] = {}
+        self._kept: tuple[tuple[str, object, object], Any] | None = None  # (origin and TLS setting, pool)
 
     def get_connection_with_tls_context(
         self,
@@ -208,9 +209,11 @@ class _FhirAdapter(requests.adapters.HTTPAdapter):
     ) -> Any:
         # "scheme://host:port": the URL up to its third slash (the client sends absolute URLs only)
         key = ("/".join(str(request.url).split("/", 3)[:3]), verify, cert)
-        pool = self._pools.get(key)
-        if pool is None:
-            pool = self._pools[key] = super().get_connection_with_tls_context(request, verify, None, cert)
+        kept = self._kept
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        pool = super().get_connection_with_tls_context(request, verify, None, cert)  # may close the kept one
+        self._kept = (key, pool)
         return pool
 
     def request_url(self, request: requests.PreparedRequest, proxies: Mapping[str, str] | None) -> str:
@@ -228,7 +231,7 @@ class _FhirAdapter(requests.adapters.HTTPAdapter):
         return response
 
     def close(self) -> None:
-        self._pools.clear()
+        self._kept = None
         super().close()
 
 

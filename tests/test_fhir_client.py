@@ -369,7 +369,8 @@ def test_over_http_calls_reuse_the_kept_alive_connection(make_app, recording_fhi
 def test_the_adapter_keeps_one_pool_per_scheme_and_origin():
     from cds_service.fhir_client import ConnectionPools
 
-    adapter = ConnectionPools().adapter_for("http://ehr.example.org:8080/fhir")
+    pools = ConnectionPools()
+    adapter = pools.adapter_for("http://ehr.example.org:8080/fhir")
 
     def pool_for(url):
         prepared = requests.Request("GET", url).prepare()
@@ -377,8 +378,13 @@ def test_the_adapter_keeps_one_pool_per_scheme_and_origin():
 
     plain = pool_for("http://ehr.example.org:8080/fhir/Condition?patient=a")
     assert pool_for("http://ehr.example.org:8080/fhir/Observation?patient=b") is plain
-    assert pool_for("https://ehr.example.org:8080/fhir/Condition?patient=a") is not plain
     assert (plain.scheme, plain.host, plain.port) == ("http", "ehr.example.org", 8080)
+    assert pools.adapter_for("https://ehr.example.org:8080/fhir") is not adapter  # a server per scheme too
+    # Its pool manager holds one pool: another origin replaces the one kept, and never leaves a closed
+    # pool behind for the next request.
+    for url in ("https://ehr.example.org:8080/fhir/Condition", "http://ehr.example.org:8080/fhir/Condition"):
+        pool = pool_for(url)
+        assert pool.scheme == url.split(":")[0] and pool.pool is not None  # open
 
 
 @pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "two words", "caf\u00e9"])
