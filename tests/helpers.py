@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -46,6 +50,40 @@ def with_authorization(request):
         "subject": "lumbar-mri-cds",
     }
     return request
+
+
+@contextlib.contextmanager
+def loopback_fhir_server(
+    body: bytes, headers: dict[str, str] | None = None
+) -> Iterator[tuple[str, list[tuple[int, dict[str, str]]]]]:
+    """A FHIR server on a loopback port that answers every GET with `body` (and `headers`), kept
+    alive as FHIR servers answer, so that the fallback goes through the real HTTP stack. Yields its
+    base URL and the requests it saw: (client port, one per connection; headers)."""
+    seen: list[tuple[int, dict[str, str]]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            seen.append((self.client_address[1], dict(self.headers)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/fhir", seen
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- feedback -------------------------------------------------------------------------------------

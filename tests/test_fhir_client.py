@@ -8,7 +8,7 @@ import pytest
 import requests
 import responses
 from conftest import SELECT, load_request
-from helpers import FHIR, TOKEN, evaluate, searchset, with_authorization
+from helpers import FHIR, TOKEN, evaluate, loopback_fhir_server, searchset, with_authorization
 
 from cds_service.fhir_client import is_allowed
 
@@ -302,34 +302,12 @@ def test_a_call_waiting_on_the_fhir_server_lets_the_next_call_run(make_app):
 
 @pytest.fixture
 def recording_fhir_server():
-    """A loopback FHIR server that answers every search with the acute case's conditions, sets a
-    cookie, and records each request's headers and client port (one port per connection)."""
+    """Answers every search with the acute case's conditions and sets a cookie."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     body = json.dumps(load_request("acute-lbp-defer")["prefetch"]["conditions"]).encode()
-    seen: list[tuple[int, dict[str, str]]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as FHIR servers answer
-
-        def do_GET(self):  # noqa: N802
-            seen.append((self.client_address[1], dict(self.headers)))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Set-Cookie", "session=for-one-user; Path=/")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/fhir", seen
-    server.shutdown()
+    with loopback_fhir_server(body, {"Set-Cookie": "session=for-one-user; Path=/"}) as served:
+        yield served
 
 
 def over_http(base):

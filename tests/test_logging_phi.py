@@ -11,7 +11,7 @@ import jwt
 import pytest
 import responses
 from conftest import SELECT, load_request
-from helpers import EC_KEY, ISS, issue_cards, jwk
+from helpers import EC_KEY, ISS, issue_cards, jwk, loopback_fhir_server
 
 NAME, MRN, BIRTH = "Canaryfamily", "MRN-CANARY-7731", "1961-07-17"
 PATIENT_ID = "pt-canary-5520"
@@ -60,26 +60,8 @@ def planted(name="cancer-history"):
 @pytest.fixture
 def real_fhir_server():
     """A loopback FHIR server, so that the fallback goes through the real HTTP stack (urllib3 logs)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    body = json.dumps(planted()["prefetch"]["conditions"]).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/fhir"
-    server.shutdown()
+    with loopback_fhir_server(json.dumps(planted()["prefetch"]["conditions"]).encode()) as (base, _):
+        yield base
 
 
 def test_no_canary_reaches_the_logs_on_any_path(canary_app, caplog, real_fhir_server):
