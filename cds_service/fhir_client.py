@@ -342,7 +342,11 @@ class FhirClient:
                 return result
             if len(result.pages) >= self._max_pages:
                 raise FetchFailed(key, f"more than {self._max_pages} pages of results")
-            ready = self._prepare(key, urljoin(self.base_url, url))
+            try:
+                absolute = urljoin(self.base_url, url)
+            except ValueError:  # e.g. an unclosed IPv6 bracket: urljoin cannot even split it
+                raise FetchFailed(key, "the FHIR server's next link is not a URL") from None
+            ready = self._prepare(key, absolute)
 
     def _prepare(self, key: str, url: str) -> requests.PreparedRequest:
         # on the allowlist, and under this call's fhirServer: the token is never sent to another server.

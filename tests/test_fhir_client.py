@@ -147,6 +147,16 @@ def test_a_next_link_is_sent_percent_encoded(fallback_client, link, sent):
     assert response.status_code == 200
 
 
+def test_a_next_link_that_is_not_a_url_is_a_412_with_the_reason(fallback_client, caplog):
+    """Regression: urljoin's ValueError escaped as an 'unexpected error' (logged as a bug)."""
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=searchset(next_url="http://[::1/fhir/Condition?page=2"))
+        response = fallback_client.post(SELECT, json=request_missing("conditions"))
+    assert response.status_code == 412
+    assert "next link is not a URL" in response.get_json()["issue"][1]["diagnostics"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_redirects_are_not_followed(fallback_client):
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.get(f"{FHIR}/Condition", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data"})
