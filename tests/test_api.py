@@ -118,3 +118,19 @@ def test_sandbox_lumbar_mri_request_is_accepted(client):
     [action] = body["systemActions"]
     assert action["type"] == "update" and action["resource"]["resourceType"] == "ServiceRequest"
     assert body["extension"]["systemActions"] == body["systemActions"]  # the sandbox reads only this
+
+
+@pytest.mark.parametrize("system", [5, [], {"uri": "http://www.ama-assn.org/go/cpt"}, None])
+def test_a_draft_order_coding_with_an_odd_system_is_skipped_not_a_500(client, system):
+    """Regression: a non-string system reached the code normaliser (AttributeError, or TypeError for
+    an unhashable list): a 500. The odd coding is skipped; the order's other coding still counts."""
+    request = load_request("acute-lbp-defer")
+    code = request["context"]["draftOrders"]["entry"][0]["resource"]["code"]
+    code["coding"].insert(0, {"system": system, "code": "72148"})
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 200
+    assert [card["source"]["topic"]["code"] for card in response.get_json()["cards"]] == ["defer-imaging"]
+    code["coding"] = [{"system": system, "code": "72148"}]  # nothing else: not a recognisable lumbar MRI
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 200
+    assert response.get_json()["cards"] == []

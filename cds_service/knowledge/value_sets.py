@@ -45,8 +45,16 @@ class HasCoding(Protocol):
     def code(self) -> Any: ...
 
 
+def normalise(system: Any, code: Any) -> tuple[str, str] | None:
+    """(system, code) with code-system aliases and ICD-10-CM punctuation normalised; None unless both
+    are non-empty strings (clients send numbers, lists and objects there too)."""
+    if not isinstance(system, str) or not isinstance(code, str):
+        return None
+    return _normalise(system, code)
+
+
 @lru_cache(maxsize=65536)
-def normalise(system: str | None, code: str | None) -> tuple[str, str] | None:
+def _normalise(system: str, code: str) -> tuple[str, str] | None:
     if not system or not code:
         return None
     system = _SYSTEM_ALIASES.get(system.strip(), system.strip())
