@@ -218,3 +218,10 @@ def check_request(service: ServiceDefinition, request: HookRequest, max_orders: 
                 "A draft order has no resourceType",
                 expression=[f"context.draftOrders.entry.{index}.resource.resourceType"],
             )
+        # the rating is written back by appending to the order's extensions (Argonaut PAMA)
+        if entry.resource is not None and not isinstance(entry.resource.get("extension", []), list):
+            raise CdsError(
+                400,
+                "A draft order's extension must be an array (FHIR)",
+                expression=[f"context.draftOrders.entry.{index}.resource.extension"],
+            )

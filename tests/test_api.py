@@ -120,6 +120,16 @@ def test_sandbox_lumbar_mri_request_is_accepted(client):
     assert body["extension"]["systemActions"] == body["systemActions"]  # the sandbox reads only this
 
 
+@pytest.mark.parametrize("extension", [None, 5, "x", {"url": "http://example.org/x"}])
+def test_a_draft_order_whose_extension_is_not_an_array_is_400(client, extension):
+    """Regression: the rating was appended to it: a 500 (None, 5), or one extension per character ("x")."""
+    request = load_request("acute-lbp-defer")
+    request["context"]["draftOrders"]["entry"][0]["resource"]["extension"] = extension
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 400
+    assert_operation_outcome(response, "context.draftOrders.entry.0.resource.extension")
+
+
 @pytest.mark.parametrize("system", [5, [], {"uri": "http://www.ama-assn.org/go/cpt"}, None])
 def test_a_draft_order_coding_with_an_odd_system_is_skipped_not_a_500(client, system):
     """Regression: a non-string system reached the code normaliser (AttributeError, or TypeError for
