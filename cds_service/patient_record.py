@@ -405,7 +405,8 @@ def _answer_codings(raw: Any) -> list[Any]:
 def _has_code(concept: Any, codes: frozenset[str]) -> bool:
     if not isinstance(concept, dict) or not isinstance(concept.get("coding"), list):
         return False
-    return any(isinstance(c, dict) and c.get("code") in codes for c in concept["coding"])
+    # a code that is not a string (a list, an object) is no status code, and must not crash the set lookup
+    return any(isinstance(c, dict) and isinstance(c.get("code"), str) and c["code"] in codes for c in concept["coding"])
 
 
 def _referenced_patient(reference: Any) -> str | None:

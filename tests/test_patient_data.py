@@ -326,3 +326,20 @@ def test_imaging_studies_older_than_the_repeat_window_are_looked_at_but_never_ty
     assert [entry.data["id"] for entry in evaluation.record.deferred["ImagingStudy"]] == ["old-study"]
     assert "R-11" in evaluation.rules_fired  # the recent study still makes this a repeat
     assert "2 imaging reports and studies" in evaluation.response["cards"][0]["detail"]  # both looked at
+
+
+@pytest.mark.parametrize("code", [[], {}, ["refuted"]])
+def test_a_status_code_that_is_not_a_string_neither_crashes_nor_hides_the_red_flag(client, code):
+    """Regression: the entered-in-error / refuted check looked the code up in a set: a list or an
+    object there was a TypeError (a 500). Such a status is no status: the red flag still counts."""
+    plain = client.post(SELECT, json=load_request("cauda-equina")).get_json()
+    request = load_request("cauda-equina")
+    for entry in request["prefetch"]["conditions"]["entry"]:
+        entry["resource"]["verificationStatus"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": code}]
+        }
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 200
+    topics = [card["source"]["topic"]["code"] for card in response.get_json()["cards"]]
+    assert topics == [card["source"]["topic"]["code"] for card in plain["cards"]]
+    assert "urgent-imaging" in topics
