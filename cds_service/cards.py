@@ -186,7 +186,9 @@ class Presenter:
     ) -> tuple[dict[str, Any], str]:
         resource = orjson.loads(orjson.dumps(order))  # a deep copy: JSON data, several times faster than deepcopy
         kept = [
-            e for e in resource.get("extension", []) if not (isinstance(e, dict) and e.get("url") in _PAMA_EXTENSIONS)
+            e
+            for e in resource.get("extension", [])
+            if not (isinstance(e, dict) and isinstance(e.get("url"), str) and e["url"] in _PAMA_EXTENSIONS)
         ]
         rating_codings = [{"system": PAMA_RATING_SYSTEM, "code": rating, "display": RATING_DISPLAYS[rating]}]
         if category:

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import FIXTURES, SCENARIOS, load_request
+from conftest import FIXTURES, SCENARIOS, SELECT, load_request
 
 from cds_service.cards import PAMA_CONSULT_ID, PAMA_RATING, PAMA_RATING_SYSTEM
 
@@ -292,3 +292,15 @@ def test_cards_do_not_echo_the_patients_name_or_identifiers(client):
     request = json.loads((FIXTURES / "sandbox" / "pama-lumbar-mri.json").read_text())
     text = json.dumps(client.post("/cds-services/lumbar-mri-order-select", json=request).get_json()["cards"])
     assert "Harness" not in text and "Ada" not in text and "1950-02-03" not in text
+
+
+@pytest.mark.parametrize("url", [[], {}, 5])
+def test_a_draft_order_extension_with_an_odd_url_is_kept_not_a_500(client, url):
+    """Regression: the rating's old PAMA extensions were found by looking each url up in a set: a
+    list or an object there was a TypeError (a 500). Such an extension is not ours: it is kept."""
+    request = load_request("acute-lbp-defer")
+    request["context"]["draftOrders"]["entry"][0]["resource"]["extension"] = [{"url": url, "valueString": "site"}]
+    response = client.post(SELECT, json=request)
+    assert response.status_code == 200
+    updated = [a["resource"] for a in response.get_json()["systemActions"] if a["type"] == "update"]
+    assert updated and all({"url": url, "valueString": "site"} in r["extension"] for r in updated)
