@@ -273,6 +273,7 @@ class FhirClient:
         )
         self._template.prepare_body(None, None)
         self._template.prepare_hooks(None)
+        self._answers: dict[str, tuple[int, float]] = {}  # key -> its last page's status, ms for all its pages
 
     def fetch_all(self, queries: Mapping[str, str]) -> tuple[dict[str, FetchResult], dict[str, str]]:
         """Fetch every query concurrently. Returns (results, failures: key -> reason)."""
@@ -314,6 +315,7 @@ class FhirClient:
                     failures[key] = "unexpected error while fetching"
             for future in pending:
                 failures[futures[future]] = f"no answer within the {self._budget:g} s budget"
+            self._log_answers(queries, deadline)
         finally:
             for future in pending:
                 future.cancel()  # not started yet: it never will be
@@ -377,9 +379,8 @@ class FhirClient:
         except requests.RequestException as exc:
             raise FetchFailed(key, f"could not reach the FHIR server ({type(exc).__name__})") from None
         with response:
-            log.info(
-                "fhir fetch key=%s status=%s ms=%.1f", key, response.status_code, (time.monotonic() - started) * 1000
-            )
+            earlier = self._answers.get(key, (0, 0.0))[1]  # a key's earlier pages
+            self._answers[key] = (response.status_code, earlier + (time.monotonic() - started) * 1000)
             if response.is_redirect or 300 <= response.status_code < 400:
                 raise FetchFailed(
                     key, f"the FHIR server answered a redirect (HTTP {response.status_code}); not followed"
@@ -390,6 +391,17 @@ class FhirClient:
             if declared.isdigit() and int(declared) > self._max_bytes:
                 raise FetchFailed(key, "the FHIR server's answer is larger than allowed")
             return self._read_body(response, key, deadline)
+
+    def _log_answers(self, queries: Mapping[str, str], deadline: float) -> None:
+        """One line per call, not one per query: each key's status and time (no URL: the query string
+        holds the patient id), `-` for a key that got no answer."""
+        if not log.isEnabledFor(logging.INFO):
+            return
+        parts = []
+        for key in queries:
+            answer = self._answers.get(key)
+            parts.append(f"{key}={answer[0]}/{answer[1]:.1f}" if answer else f"{key}=-")
+        log.info("fhir fetch ms=%.1f %s", (time.monotonic() - deadline + self._budget) * 1000, " ".join(parts))
 
     def _read_body(self, response: requests.Response, key: str, deadline: float) -> bytes:
         """The body as it arrives, checked against the size limit and the budget after each read:

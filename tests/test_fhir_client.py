@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -374,3 +375,18 @@ def test_a_token_that_cannot_be_a_header_value_is_400_and_never_sent(make_app, t
     outcome = response.get_json()
     assert any("fhirAuthorization.access_token" in e for issue in outcome["issue"] for e in issue.get("expression", []))
     assert token not in response.get_data(as_text=True)
+
+
+def test_a_fallback_call_logs_one_line_with_each_keys_status_and_time(fallback_client, caplog):
+    """One line per call (it was one per query): each key's last status and its time, nothing
+    from the request (no URL: the query string holds the patient id; no token)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cds_service.fhir_client")
+    with responses.RequestsMock() as mock:
+        mock.get(f"{FHIR}/Condition", json=load_request("acute-lbp-defer")["prefetch"]["conditions"])
+        mock.get(f"{FHIR}/Procedure", status=403)
+        fallback_client.post(SELECT, json=request_missing("conditions", "procedures"))
+    [line] = [r.getMessage() for r in caplog.records if r.name == "cds_service.fhir_client"]
+    assert re.fullmatch(r"fhir fetch ms=[\d.]+ conditions=200/[\d.]+ procedures=403/[\d.]+", line), line
+    assert "pt-acute-lbp" not in line and TOKEN not in line
