@@ -171,7 +171,7 @@ class ConnectionPools:
             if adapter is None:
                 if len(self._adapters) >= self._max_servers:
                     self._adapters.pop(next(iter(self._adapters))).close()
-                adapter = self._adapters[key] = _new_adapter(self._connections)
+                adapter = self._adapters[key] = _FhirAdapter(self._connections)
             return adapter
 
     def close(self) -> None:
@@ -235,10 +235,6 @@ class _FhirAdapter(requests.adapters.HTTPAdapter):
         super().close()
 
 
-def _new_adapter(connections: int) -> _FhirAdapter:
-    return _FhirAdapter(connections)
-
-
 class FhirClient:
     """Fetches a set of relative FHIR queries from one allowed server with one bearer token."""
 
@@ -257,7 +253,6 @@ class FhirClient:
         self._parse = parse
         self._pools = pools
         self.base_url = base_url.rstrip("/") + "/"
-        self._token = access_token
         self._allowlist = allowlist
         self._budget = budget_seconds
         self._max_pages = max_pages
@@ -277,7 +272,8 @@ class FhirClient:
 
     def fetch_all(self, queries: Mapping[str, str]) -> tuple[dict[str, FetchResult], dict[str, str]]:
         """Fetch every query concurrently. Returns (results, failures: key -> reason)."""
-        deadline = time.monotonic() + self._budget
+        started = time.monotonic()
+        deadline = started + self._budget
         results: dict[str, FetchResult] = {}
         failures: dict[str, str] = {}
         pending: set = set()
@@ -290,7 +286,7 @@ class FhirClient:
             else ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir-fetch")
         )
         # One connection pool for all keys, holding one connection per concurrent key.
-        adapter = self._pools.adapter_for(self.base_url) if self._pools else _new_adapter(workers)
+        adapter = self._pools.adapter_for(self.base_url) if self._pools else _FhirAdapter(workers)
         try:
             # Every first request is prepared here, before any is sent: the fetching threads then only
             # send, so the queries reach the server together instead of one per thread start-up.
@@ -315,7 +311,7 @@ class FhirClient:
                     failures[key] = "unexpected error while fetching"
             for future in pending:
                 failures[futures[future]] = f"no answer within the {self._budget:g} s budget"
-            self._log_answers(queries, deadline)
+            self._log_answers(queries, started)
         finally:
             for future in pending:
                 future.cancel()  # not started yet: it never will be
@@ -392,7 +388,7 @@ class FhirClient:
                 raise FetchFailed(key, "the FHIR server's answer is larger than allowed")
             return self._read_body(response, key, deadline)
 
-    def _log_answers(self, queries: Mapping[str, str], deadline: float) -> None:
+    def _log_answers(self, queries: Mapping[str, str], started: float) -> None:
         """One line per call, not one per query: each key's status and time (no URL: the query string
         holds the patient id), `-` for a key that got no answer."""
         if not log.isEnabledFor(logging.INFO):
@@ -401,7 +397,7 @@ class FhirClient:
         for key in queries:
             answer = self._answers.get(key)
             parts.append(f"{key}={answer[0]}/{answer[1]:.1f}" if answer else f"{key}=-")
-        log.info("fhir fetch ms=%.1f %s", (time.monotonic() - deadline + self._budget) * 1000, " ".join(parts))
+        log.info("fhir fetch ms=%.1f %s", (time.monotonic() - started) * 1000, " ".join(parts))
 
     def _read_body(self, response: requests.Response, key: str, deadline: float) -> bytes:
         """The body as it arrives, checked against the size limit and the budget after each read:
