@@ -103,13 +103,19 @@ class PatientRecord:
             self.kept += 1
             self.patient = model
             return
-        resource_id = model.get("id") if isinstance(model, dict) else model.id
-        if resource_id is not None:
-            key = (resource_type, resource_id)
-            if key in self.ids:
-                return  # the same resource from two searches (observations and findings): read once
-            self.ids.add(key)
-        self._keep(resource_type, model, matches)
+        if self._first_read(resource_type, model.get("id") if isinstance(model, dict) else model.id):
+            self._keep(resource_type, model, matches)
+
+    def _first_read(self, resource_type: str, resource_id: Any) -> bool:
+        """False for a resource read already: the same one from two searches (observations and
+        findings) is read once. Resources without an id are all read."""
+        if resource_id is None:
+            return True
+        key = (resource_type, resource_id)
+        if key in self.ids:
+            return False
+        self.ids.add(key)
+        return True
 
     def _keep(self, resource_type: str, model: Any, matches: Matches | None) -> None:
         self.kept += 1
@@ -134,11 +140,8 @@ class PatientRecord:
 
     def defer(self, resource_type: str, entry: Deferred) -> None:
         resource_id = entry.data.get("id")
-        if isinstance(resource_id, str):
-            if (resource_type, resource_id) in self.ids:
-                return  # read once
-            self.ids.add((resource_type, resource_id))
-        self.deferred.setdefault(resource_type, []).append(entry)
+        if self._first_read(resource_type, resource_id if isinstance(resource_id, str) else None):
+            self.deferred.setdefault(resource_type, []).append(entry)
 
     def matched(self, resource_type: str) -> int:
         """The resources of this type the rules read: typed, or waiting to be (`deferred`)."""
